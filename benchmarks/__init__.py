@@ -1,0 +1,1 @@
+"""Performance measurements (`make bench`): each `bench_*.py` module has `main()`."""

@@ -1,0 +1,93 @@
+"""`connecto prepare-training | prepare-prediction | runs`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connecto.db.client import tracking_database
+from connecto.db.tracking import list_runs, register_train_setup
+from connecto.experiment import TrainSetup, prepare_prediction, prepare_training, template_names
+
+console = Console()
+BASE = typer.Option(..., "-d", "--base-dir", help="base directory of experiments")
+EXPERIMENT = typer.Option(..., "-e", "--experiment", help="experiment name")
+TRAIN_ID = typer.Option(..., "-t", "--train-id", help="train setup number")
+
+
+def prepare_training_command(
+    base: Path = BASE,
+    experiment: str = EXPERIMENT,
+    train_id: int = TRAIN_ID,
+    task: str | None = typer.Option(
+        None, "--task", help="synapse-classification (default) or segmentation"
+    ),
+    template: str | None = typer.Option(
+        None, "--template", help=f"template in experiments/ ({', '.join(template_names())})"
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="key=value for train_config, worker.key=value for worker_config"
+    ),
+    force: bool = typer.Option(False, "--force", help="overwrite the configs of an existing setup"),
+) -> None:
+    """Create <base>/<experiment>/02_train/setup_t<ID>/ with train and worker configs."""
+    setup, train, worker = prepare_training(
+        base, experiment, train_id, task, template, overrides, force
+    )
+    register_train_setup(
+        tracking_database(), str(setup.path), str(setup.base), experiment, train_id,
+        train.model_dump(mode="json"), worker.model_dump(mode="json"),
+    )  # fmt: skip
+    typer.echo(f"prepared {setup.path}")
+    typer.echo(
+        f"  edit train_config.toml and worker_config.toml, then: "
+        f"cd {setup.path} && connecto train <iterations>"
+    )
+
+
+def prepare_prediction_command(
+    base: Path = BASE,
+    experiment: str = EXPERIMENT,
+    train_id: int = TRAIN_ID,
+    iterations: list[int] = typer.Option(..., "-i", "--iterations", help="checkpoint iterations"),
+    split: str = typer.Option("test", "--split", help="split part: validation or test"),
+    validation: bool = typer.Option(
+        False, "-v", help="synister's flag: same as --split validation"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="allow replacing predictions"),
+) -> None:
+    """Create one 03_predict/setup_t<ID>_p<N>/ per checkpoint iteration."""
+    if split not in ("validation", "test"):
+        raise typer.BadParameter(f"{split!r}: expected validation or test", param_hint="--split")
+    setup = TrainSetup(base.resolve(), experiment, train_id)
+    created = prepare_prediction(
+        setup, iterations, "validation" if validation else split, overwrite
+    )
+    for predict_setup, config in created:
+        typer.echo(
+            f"prepared {predict_setup.path} (iteration {config.iteration}, {config.split_part})"
+        )
+
+
+def runs_command(
+    experiment: str | None = typer.Option(None, "-e", "--experiment", help="only this experiment"),
+) -> None:
+    """List the tracked training runs."""
+    table = Table("experiment", "train", "task", "state", "iteration", "updated", "setup")
+    for run in list_runs(tracking_database(), experiment):
+        updated = run.get("updated")
+        table.add_row(
+            run.get("experiment", "?"), str(run.get("train_id", "?")), str(run.get("task")),
+            str(run.get("state")), str(run.get("iteration", 0)),
+            updated.strftime("%Y-%m-%d %H:%M") if updated else "", run.get("setup_dir", ""),
+        )  # fmt: skip
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prepare-training")(prepare_training_command)
+    app.command("prepare-prediction")(prepare_prediction_command)
+    app.command("runs")(runs_command)

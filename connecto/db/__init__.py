@@ -1,0 +1,1 @@
+"""MongoDB side of connecto: client, embedded server, schema, data, tracking, graphs."""

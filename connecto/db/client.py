@@ -1,0 +1,64 @@
+"""One way to reach MongoDB: the configured URI, or the embedded local server."""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from connecto import ConnectoError
+from connecto.db.server import LocalServer
+from connecto.settings import Settings, load_settings, redact_uri
+
+
+def resolve_uri(settings: Settings) -> str:
+    """The configured URI, or the embedded server's (started if needed, said once)."""
+    if settings.mongo_uri:
+        return settings.mongo_uri
+    state, started = LocalServer(settings.data_dir).start()
+    if started:
+        print(
+            f"connecto: started the embedded MongoDB server at {state.uri} "
+            f"(data in {settings.data_dir}; stop it with `connecto db down`)",
+            file=sys.stderr,
+        )
+    return state.uri
+
+
+def connect(uri: str, timeout_s: float) -> MongoClient:
+    """A client that has answered a ping; otherwise a one-line ConnectoError."""
+    client: MongoClient = MongoClient(
+        uri,
+        serverSelectionTimeoutMS=int(timeout_s * 1000),
+        connectTimeoutMS=int(timeout_s * 1000),
+        tz_aware=True,
+    )
+    try:
+        client.admin.command("ping")
+    except PyMongoError as error:
+        client.close()
+        reason = str(error).split(",")[0].split(" (configured timeouts")[0]
+        raise ConnectoError(f"MongoDB at {redact_uri(uri)} does not answer: {reason}") from None
+    return client
+
+
+@lru_cache(maxsize=4)
+def _cached_client(uri: str, timeout_s: float) -> MongoClient:
+    return connect(uri, timeout_s)
+
+
+def get_client(settings: Settings | None = None) -> MongoClient:
+    settings = settings or load_settings()
+    return _cached_client(resolve_uri(settings), settings.mongo_timeout_s)
+
+
+def get_database(name: str, settings: Settings | None = None) -> Database:
+    return get_client(settings)[name]
+
+
+def tracking_database(settings: Settings | None = None) -> Database:
+    settings = settings or load_settings()
+    return get_client(settings)[settings.tracking_db]

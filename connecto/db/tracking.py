@@ -1,0 +1,104 @@
+"""The tracking database (`connecto` by default): experiments, runs, predictions,
+jobs and scores, each a plain collection of documents."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.database import Database
+
+from connecto.resources import project_root
+
+EXPERIMENTS = "experiments"
+RUNS = "runs"
+PREDICTIONS = "predictions"
+JOBS = "jobs"
+SCORES = "scores"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The project's git commit, when connecto runs from a checkout."""
+    root = project_root()
+    if root is None:
+        return None
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
+def ensure_indexes(db: Database) -> None:
+    db[EXPERIMENTS].create_index([("base", ASCENDING), ("name", ASCENDING)], unique=True)
+    db[RUNS].create_index("setup_dir", unique=True)
+    db[PREDICTIONS].create_index("setup_dir", unique=True)
+    db[JOBS].create_index([("scheduler", ASCENDING), ("job_id", ASCENDING)])
+    db[SCORES].create_index([("kind", ASCENDING), ("key", ASCENDING)], unique=True)
+
+
+def register_experiment(db: Database, base: str, name: str) -> dict[str, Any]:
+    ensure_indexes(db)
+    return db[EXPERIMENTS].find_one_and_update(
+        {"base": base, "name": name},
+        {
+            "$setOnInsert": {"created": now(), "git_commit": git_commit()},
+            "$set": {"updated": now()},
+        },
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def upsert_run(db: Database, setup_dir: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Create or update the run document of a train setup."""
+    ensure_indexes(db)
+    return db[RUNS].find_one_and_update(
+        {"setup_dir": setup_dir},
+        {
+            "$setOnInsert": {"created": now()},
+            "$set": {**fields, "updated": now(), "host": socket.gethostname()},
+        },
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def list_runs(db: Database, experiment: str | None = None) -> list[dict[str, Any]]:
+    query = {"experiment": experiment} if experiment else {}
+    return list(db[RUNS].find(query, sort=[("experiment", 1), ("train_id", 1)]))
+
+
+def register_train_setup(
+    db: Database, setup_dir: str, base: str, experiment: str, train_id: int,
+    train_config: dict[str, Any], worker_config: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """A prepared train setup: its experiment and a `prepared` run."""
+    register_experiment(db, base, experiment)
+    return upsert_run(
+        db,
+        setup_dir,
+        {
+            "experiment": experiment,
+            "base": base,
+            "train_id": train_id,
+            "task": train_config.get("task"),
+            "config": train_config,
+            "worker_config": worker_config,
+            "state": "prepared",
+            "iteration": 0,
+            "git_commit": git_commit(),
+        },
+    )

@@ -1,0 +1,266 @@
+"""Experiment directories (synister's layout):
+
+<base>/<experiment>/02_train/setup_t<train_id>/
+<base>/<experiment>/03_predict/setup_t<train_id>_p<predict_id>/
+<base>/<experiment>/04_evaluate/
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from connecto import ConnectoError
+from connecto.config import (
+    SynapsePredictConfig,
+    SynapseTrainConfig,
+    TrainConfig,
+    WorkerConfig,
+    find_config,
+    load_config,
+    load_train_config,
+    parse_cli_value,
+    read_toml,
+    train_config_model,
+    validate,
+    write_config,
+)
+from connecto.resources import resource_dir
+
+TRAIN_DIR = "02_train"
+PREDICT_DIR = "03_predict"
+EVALUATE_DIR = "04_evaluate"
+CHECKPOINT_PREFIX = "model_checkpoint_"
+DEFAULT_TEMPLATES = {
+    "synapse-classification": "synapse-classification",
+    "segmentation": "segmentation",
+}
+
+_TRAIN_NAME = re.compile(r"^setup_t(\d+)$")
+_PREDICT_NAME = re.compile(r"^setup_t(\d+)_p(\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    base: Path
+    experiment: str
+    train_id: int
+
+    @property
+    def path(self) -> Path:
+        return self.base / self.experiment / TRAIN_DIR / f"setup_t{self.train_id}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.path / "log"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.path / "snapshots"
+
+    @property
+    def evaluate_dir(self) -> Path:
+        return self.base / self.experiment / EVALUATE_DIR
+
+    def checkpoint(self, iteration: int) -> Path:
+        return self.path / f"{CHECKPOINT_PREFIX}{iteration}"
+
+    def checkpoints(self) -> list[int]:
+        """Iterations with a checkpoint, ascending."""
+        found = []
+        for path in self.path.glob(f"{CHECKPOINT_PREFIX}*"):
+            suffix = path.name[len(CHECKPOINT_PREFIX) :]
+            if suffix.isdigit():
+                found.append(int(suffix))
+        return sorted(found)
+
+    def train_config(self) -> TrainConfig:
+        return load_train_config(find_config(self.path, "train_config"))
+
+    def worker_config(self) -> WorkerConfig:
+        return load_config(find_config(self.path, "worker_config"), WorkerConfig)
+
+    def predict_setup(self, predict_id: int) -> PredictSetup:
+        return PredictSetup(self.base, self.experiment, self.train_id, predict_id)
+
+    def predict_setups(self) -> list[PredictSetup]:
+        root = self.base / self.experiment / PREDICT_DIR
+        found = []
+        for path in root.glob(f"setup_t{self.train_id}_p*"):
+            match = _PREDICT_NAME.match(path.name)
+            if match and int(match.group(1)) == self.train_id:
+                found.append(self.predict_setup(int(match.group(2))))
+        return sorted(found, key=lambda s: s.predict_id)
+
+
+@dataclass(frozen=True)
+class PredictSetup:
+    base: Path
+    experiment: str
+    train_id: int
+    predict_id: int
+
+    @property
+    def path(self) -> Path:
+        name = f"setup_t{self.train_id}_p{self.predict_id}"
+        return self.base / self.experiment / PREDICT_DIR / name
+
+    @property
+    def train_setup(self) -> TrainSetup:
+        return TrainSetup(self.base, self.experiment, self.train_id)
+
+    def predict_config(self) -> SynapsePredictConfig:
+        return load_config(find_config(self.path, "predict_config"), SynapsePredictConfig)
+
+    def worker_config(self) -> WorkerConfig:
+        return load_config(find_config(self.path, "worker_config"), WorkerConfig)
+
+
+def find_setup(path: Path) -> TrainSetup | PredictSetup:
+    """The train or predict setup that `path` is (or lies inside)."""
+    path = path.resolve()
+    for candidate in (path, *path.parents):
+        train = _TRAIN_NAME.match(candidate.name)
+        if train and candidate.parent.name == TRAIN_DIR:
+            return TrainSetup(candidate.parents[2], candidate.parents[1].name, int(train.group(1)))
+        predict = _PREDICT_NAME.match(candidate.name)
+        if predict and candidate.parent.name == PREDICT_DIR:
+            return PredictSetup(
+                candidate.parents[2],
+                candidate.parents[1].name,
+                int(predict.group(1)),
+                int(predict.group(2)),
+            )
+    raise ConnectoError(
+        f"{path} is not inside a setup directory "
+        f"(<base>/<experiment>/{TRAIN_DIR}/setup_t<ID> or {PREDICT_DIR}/setup_t<ID>_p<N>); "
+        "run from one or pass -d/-e/-t"
+    )
+
+
+def resolve_train_setup(
+    base: Path | None, experiment: str | None, train_id: int | None, cwd: Path | None = None
+) -> TrainSetup:
+    if base is not None or experiment is not None or train_id is not None:
+        if base is None or experiment is None or train_id is None:
+            raise ConnectoError("give all of -d BASE, -e EXPERIMENT and -t TRAIN_ID, or none")
+        setup = TrainSetup(base.resolve(), experiment, train_id)
+    else:
+        found = find_setup(cwd or Path.cwd())
+        setup = found if isinstance(found, TrainSetup) else found.train_setup
+    if not setup.path.is_dir():
+        raise ConnectoError(f"{setup.path}: no such train setup (run `connecto prepare-training`)")
+    return setup
+
+
+# ---------------------------------------------------------------- templates
+
+
+def template_names() -> list[str]:
+    return sorted(p.name for p in resource_dir("experiments").iterdir() if p.is_dir())
+
+
+def _apply_overrides(train: dict[str, Any], worker: dict[str, Any], overrides: list[str]) -> None:
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConnectoError(
+                f"--set {item!r}: expected key=value (worker.key=value for workers)"
+            )
+        key = key.strip()
+        target, key = (worker, key[len("worker.") :]) if key.startswith("worker.") else (train, key)
+        target[key] = parse_cli_value(text)
+
+
+def prepare_training(
+    base: Path,
+    experiment: str,
+    train_id: int,
+    task: str | None = None,
+    template: str | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+) -> tuple[TrainSetup, BaseModel, WorkerConfig]:
+    """Create a train setup from a template; returns (setup, train config, worker config)."""
+    setup = TrainSetup(base.resolve(), experiment, train_id)
+    if setup.path.exists() and any(setup.path.iterdir()) and not force:
+        raise ConnectoError(f"{setup.path} already exists; use --force to overwrite its configs")
+    name = template or DEFAULT_TEMPLATES[task or "synapse-classification"]
+    template_dir = resource_dir("experiments") / name
+    if not template_dir.is_dir():
+        raise ConnectoError(f"no template {name!r}; available: {', '.join(template_names())}")
+    train_values = read_toml(template_dir / "train_config.toml")
+    worker_values = read_toml(template_dir / "worker_config.toml")
+    if task and train_values.get("task", "synapse-classification") != task:
+        raise ConnectoError(
+            f"template {name!r} is for task {train_values.get('task')!r}, not {task!r}"
+        )
+    _apply_overrides(train_values, worker_values, overrides or [])
+    source = f"template {name} with --set"
+    train = validate(train_config_model(train_values, source), train_values, source)
+    worker = validate(WorkerConfig, worker_values, f"{source} (worker)")
+    setup.path.mkdir(parents=True, exist_ok=True)
+    write_config(setup.path / "train_config.toml", train)
+    write_config(setup.path / "worker_config.toml", worker)
+    return setup, train, worker
+
+
+def next_predict_id(train: TrainSetup) -> int:
+    """The next free predict number across the experiment (synister numbers them per
+    experiment so collection names never collide)."""
+    root = train.base / train.experiment / PREDICT_DIR
+    used = [int(m.group(2)) for p in root.glob("setup_t*_p*") if (m := _PREDICT_NAME.match(p.name))]
+    return max(used, default=-1) + 1
+
+
+def prepare_prediction(
+    train: TrainSetup, iterations: list[int], split_part: str = "test", overwrite: bool = False
+) -> list[tuple[PredictSetup, SynapsePredictConfig]]:
+    """One predict setup per iteration, pointing at `model_checkpoint_<it>`."""
+    train_config = train.train_config()
+    if not isinstance(train_config, SynapseTrainConfig):
+        raise ConnectoError(
+            f"{train.path}: prepare-prediction is for synapse classification; "
+            "segmentation predicts with `connecto segment predict`"
+        )
+    model_keys = set(SynapsePredictConfig.model_fields) & set(SynapseTrainConfig.model_fields)
+    shared = train_config.model_dump(include=model_keys)
+    worker = train.worker_config()
+    created = []
+    for iteration in iterations:
+        predict_id = next_predict_id(train)
+        setup = train.predict_setup(predict_id)
+        config = SynapsePredictConfig(
+            **shared,
+            train_checkpoint=str(train.checkpoint(iteration)),
+            experiment=train.experiment,
+            train_number=train.train_id,
+            predict_number=predict_id,
+            split_part=split_part,  # type: ignore[arg-type]
+            overwrite=overwrite,
+        )
+        setup.path.mkdir(parents=True)
+        write_config(setup.path / "predict_config.toml", config)
+        write_config(setup.path / "worker_config.toml", worker)
+        created.append((setup, config))
+    return created
+
+
+def tree(path: Path, max_depth: int = 4) -> list[str]:
+    """An indented listing of a directory, for the demo and `prepare-*` output."""
+    lines = [f"{path}/"]
+
+    def walk(directory: Path, depth: int) -> None:
+        if depth > max_depth:
+            return
+        for child in sorted(directory.iterdir()):
+            lines.append("  " * depth + child.name + ("/" if child.is_dir() else ""))
+            if child.is_dir():
+                walk(child, depth + 1)
+
+    walk(path, 1)
+    return lines

@@ -1,0 +1,101 @@
+"""Effective settings: CONNECTO_* environment, connecto.toml files, defaults.
+
+Precedence, highest first:
+1. environment variables `CONNECTO_<FIELD>` (e.g. `CONNECTO_MONGO_URI`);
+2. `./connecto.toml` in the working directory;
+3. `<user config dir>/connecto.toml` (`~/.config/connecto/connecto.toml` on Linux,
+   or `$CONNECTO_CONFIG_DIR/connecto.toml`);
+4. built-in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Launcher = Literal["local", "docker", "apptainer"]
+Scheduler = Literal["none", "slurm", "lsf"]
+
+
+def user_config_dir() -> Path:
+    override = os.environ.get("CONNECTO_CONFIG_DIR")
+    return Path(override) if override else Path(platformdirs.user_config_dir("connecto"))
+
+
+def settings_files() -> list[Path]:
+    """The TOML files consulted, lowest precedence first."""
+    return [user_config_dir() / "connecto.toml", Path.cwd() / "connecto.toml"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONNECTO_", extra="forbid")
+
+    mongo_uri: str | None = Field(
+        default=None,
+        description="MongoDB URI; unset means the embedded local server (`connecto db up`).",
+    )
+    mongo_timeout_s: float = Field(default=2.0, gt=0, description="seconds to wait for the server")
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("connecto")),
+        description="where the embedded server keeps its data, pid and log",
+    )
+    tracking_db: str = Field(default="connecto", description="tracking database name")
+    launcher: Launcher = Field(default="local", description="default job launcher")
+    scheduler: Scheduler = Field(default="none", description="default cluster scheduler")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        user_file, cwd_file = settings_files()
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=cwd_file),
+            TomlConfigSettingsSource(settings_cls, toml_file=user_file),
+        )
+
+    def redacted(self) -> dict[str, object]:
+        values = self.model_dump(mode="json")
+        if values["mongo_uri"]:
+            values["mongo_uri"] = redact_uri(values["mongo_uri"])
+        return values
+
+
+_PASSWORD_IN_URI = re.compile(r"^(?P<scheme>[a-z+]+://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@")
+
+
+def redact_uri(uri: str) -> str:
+    """`mongodb://user:secret@host` -> `mongodb://user:***@host`."""
+    return _PASSWORD_IN_URI.sub(r"\g<scheme>\g<user>:***@", uri)
+
+
+def load_settings() -> Settings:
+    from pydantic import ValidationError
+
+    from connecto import ConnectoError
+
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        files = ", ".join(str(f) for f in settings_files() if f.exists()) or "environment"
+        raise ConnectoError(f"invalid settings ({files}): {problems}") from None

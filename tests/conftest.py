@@ -1,0 +1,89 @@
+"""Shared fixtures: one real MongoDB-wire server for the session (started by connecto's
+own embedded-server launcher, over TCP), isolated settings, and a CLI runner.
+
+Set CONNECTO_TEST_MONGO_URI to run the suite against a real MongoDB instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from connecto.db.server import LocalServer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CONNECTO = [sys.executable, "-m", "cli.main"]
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("CONNECTO_TEST_MONGO_URI")
+    if external:
+        yield external
+        return
+    server = LocalServer(tmp_path_factory.mktemp("mongo-data"))
+    state, _ = server.start()
+    yield state.uri
+    server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_settings(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator[None]:
+    """No test reads the user's connecto.toml or data dir; all use the session server."""
+    saved = dict(os.environ)
+    os.environ["CONNECTO_MONGO_URI"] = mongo_uri
+    os.environ["CONNECTO_DATA_DIR"] = str(tmp_path_factory.mktemp("data-dir"))
+    os.environ["CONNECTO_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config-dir"))
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongo_uri: str) -> Iterator[MongoClient]:
+    client: MongoClient = MongoClient(mongo_uri, tz_aware=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def db_name(mongo_client: MongoClient) -> Iterator[str]:
+    """A fresh database name, dropped (with its _predictions twin) afterwards."""
+    name = f"test_{uuid.uuid4().hex[:10]}"
+    yield name
+    for suffix in ("", "_predictions"):
+        mongo_client.drop_database(name + suffix)
+
+
+@pytest.fixture
+def tracking_db(mongo_client: MongoClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh tracking database for this test (CONNECTO_TRACKING_DB)."""
+    name = f"tracking_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("CONNECTO_TRACKING_DB", name)
+    yield name
+    mongo_client.drop_database(name)
+
+
+def run_connecto(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run the real `connecto` command in a subprocess, as a user would."""
+    return subprocess.run(
+        [*CONNECTO, *map(str, args)],
+        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def connecto():
+    return run_connecto

@@ -1,0 +1,85 @@
+"""`connecto db up | down | status`, auto-start, persistence, unreachable servers."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from connecto.db.server import LocalServer
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path) -> dict[str, str]:
+    """Settings with no URI, so the embedded server is used, in a private data dir."""
+    return {"CONNECTO_MONGO_URI": "", "CONNECTO_DATA_DIR": str(tmp_path / "data")}
+
+
+def _uri_of(text: str) -> str:
+    match = re.search(r"mongodb://127\.0\.0\.1:\d+/", text)
+    assert match, text
+    return match.group(0)
+
+
+def test_up_status_down_and_data_survives_restart(connecto, embedded_env, tmp_path: Path) -> None:
+    try:
+        up = connecto("db", "up", env=embedded_env)
+        assert up.returncode == 0, up.stderr
+        assert "started" in up.stdout
+        uri = _uri_of(up.stdout)
+        assert "already running" in connecto("db", "up", env=embedded_env).stdout
+
+        with MongoClient(uri) as client:
+            client.keep.things.insert_one({"name": "kept", "n": 7})
+        status = connecto("db", "status", env=embedded_env)
+        assert status.returncode == 0, status.stderr
+        assert "embedded" in status.stdout and "version" in status.stdout
+        assert "keep" in status.stdout and "things" in status.stdout
+
+        down = connecto("db", "down", env=embedded_env)
+        assert down.returncode == 0 and "stopped" in down.stdout
+        assert LocalServer(tmp_path / "data").state() is None
+        assert "not running" in connecto("db", "status", env=embedded_env).stdout
+
+        again = connecto("db", "up", env=embedded_env)
+        with MongoClient(_uri_of(again.stdout)) as client:
+            assert client.keep.things.find_one({"name": "kept"})["n"] == 7
+    finally:
+        connecto("db", "down", env=embedded_env)
+
+
+def test_commands_auto_start_the_server_and_say_so_once(
+    connecto, embedded_env, tmp_path: Path
+) -> None:
+    try:
+        first = connecto("runs", env=embedded_env)
+        assert first.returncode == 0, first.stderr
+        assert "started the embedded MongoDB server" in first.stderr
+        second = connecto("runs", env=embedded_env)
+        assert second.returncode == 0
+        assert "started" not in second.stderr
+    finally:
+        connecto("db", "down", env=embedded_env)
+
+
+def test_unreachable_server_one_line_error_fast(connecto) -> None:
+    start = time.monotonic()
+    result = connecto("runs", env={"CONNECTO_MONGO_URI": "mongodb://alice:pw@127.0.0.1:1/"})
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "mongodb://alice:***@127.0.0.1:1/" in lines[0]
+    assert "pw@" not in result.stderr and "Traceback" not in result.stderr
+    assert elapsed < 15  # generous: the 5 s figure is measured in benchmarks, not asserted
+
+
+def test_stale_state_file_is_ignored(tmp_path: Path) -> None:
+    server = LocalServer(tmp_path)
+    server.root.mkdir(parents=True)
+    server.state_file.write_text('{"pid": 999999, "port": 1}')
+    assert server.state() is None
+    assert server.stop() is False

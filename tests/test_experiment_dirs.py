@@ -1,0 +1,156 @@
+"""prepare-training / prepare-prediction: contents, refusals, tracking."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from connecto import ConnectoError
+from connecto.config import SynapsePredictConfig, SynapseTrainConfig
+from connecto.experiment import TrainSetup, find_setup, prepare_prediction, prepare_training
+
+
+def test_prepare_training_creates_configs_and_refuses_twice(
+    connecto, tmp_path: Path, tracking_db: str, mongo_client: MongoClient
+) -> None:
+    result = connecto(
+        "prepare-training",
+        "-d",
+        tmp_path,
+        "-e",
+        "exp",
+        "-t",
+        "0",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "worker.num_cpus=3",
+    )
+    assert result.returncode == 0, result.stderr
+    setup = tmp_path / "exp" / "02_train" / "setup_t0"
+    train = tomllib.loads((setup / "train_config.toml").read_text())
+    worker = tomllib.loads((setup / "worker_config.toml").read_text())
+    assert train["task"] == "synapse-classification"
+    assert train["batch_size"] == 2
+    assert train["input_shape"] == [16, 160, 160]
+    assert worker["num_cpus"] == 3
+    SynapseTrainConfig.model_validate(train)
+
+    run = mongo_client[tracking_db]["runs"].find_one({"setup_dir": str(setup)})
+    assert run is not None and run["state"] == "prepared" and run["config"]["batch_size"] == 2
+    assert mongo_client[tracking_db]["experiments"].count_documents({"name": "exp"}) == 1
+
+    before = (setup / "train_config.toml").read_text()
+    again = connecto(
+        "prepare-training", "-d", tmp_path, "-e", "exp", "-t", "0", "--set", "batch_size=4"
+    )
+    assert again.returncode == 1
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert "already exists" in again.stderr and "--force" in again.stderr
+    assert (setup / "train_config.toml").read_text() == before
+
+    forced = connecto(
+        "prepare-training",
+        "-d",
+        tmp_path,
+        "-e",
+        "exp",
+        "-t",
+        "0",
+        "--set",
+        "batch_size=4",
+        "--force",
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert tomllib.loads((setup / "train_config.toml").read_text())["batch_size"] == 4
+
+    listed = connecto("runs", "-e", "exp")
+    assert listed.returncode == 0 and "prepared" in listed.stdout
+
+
+def test_prepare_training_segmentation_task(tmp_path: Path, tracking_db: str) -> None:
+    setup, train, _ = prepare_training(tmp_path, "seg", 1, task="segmentation")
+    assert train.task == "segmentation"
+    assert (setup.path / "train_config.toml").exists()
+
+
+def test_bad_override_names_key_and_value(tmp_path: Path) -> None:
+    with pytest.raises(ConnectoError) as error:
+        prepare_training(tmp_path, "exp", 0, overrides=["input_shape=[16,150,160]"])
+    message = str(error.value)
+    assert "input_shape" in message and "divisible" in message
+    with pytest.raises(ConnectoError, match="'fmaps' = 'many'"):
+        prepare_training(tmp_path, "exp", 0, overrides=["fmaps=many"])
+    with pytest.raises(ConnectoError, match="'colour' is not a known setting"):
+        prepare_training(tmp_path, "exp", 0, overrides=["colour=blue"])
+    assert not (tmp_path / "exp").exists()  # nothing written on error
+
+
+def test_prepare_prediction_numbers_and_contents(
+    connecto, tmp_path: Path, tracking_db: str
+) -> None:
+    setup, _, _ = prepare_training(tmp_path, "exp", 2)
+    result = connecto(
+        "prepare-prediction",
+        "-d",
+        tmp_path,
+        "-e",
+        "exp",
+        "-t",
+        "2",
+        "-i",
+        "1000",
+        "-i",
+        "2000",
+        "--split",
+        "validation",
+    )
+    assert result.returncode == 0, result.stderr
+    made = setup.predict_setups()
+    assert [s.predict_id for s in made] == [0, 1]
+    configs = [s.predict_config() for s in made]
+    assert [c.iteration for c in configs] == [1000, 2000]
+    assert all(c.split_part == "validation" for c in configs)
+    assert configs[0].train_checkpoint == str(setup.checkpoint(1000))
+    assert configs[0].experiment == "exp" and configs[0].train_number == 2
+    assert (made[0].path / "worker_config.toml").exists()
+
+    # default split part is test, numbering continues
+    more = prepare_prediction(setup, [3000])
+    assert more[0][0].predict_id == 2 and more[0][1].split_part == "test"
+    # synister's -v
+    result = connecto(
+        "prepare-prediction", "-d", tmp_path, "-e", "exp", "-t", "2", "-i", "4000", "-v"
+    )
+    assert result.returncode == 0
+    assert setup.predict_setup(3).predict_config().split_part == "validation"
+
+
+def test_find_setup_from_inside(tmp_path: Path) -> None:
+    setup, _, _ = prepare_training(tmp_path, "exp", 5)
+    (setup.path / "log").mkdir()
+    found = find_setup(setup.path / "log")
+    assert found == TrainSetup(tmp_path.resolve(), "exp", 5)
+    with pytest.raises(ConnectoError, match="not inside a setup"):
+        find_setup(tmp_path)
+
+
+def test_predict_config_model_rejects_unknown_split(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SynapsePredictConfig.model_validate(
+            {
+                "synapse_types": ["a", "b"],
+                "db_name_data": "d",
+                "split_name": "s",
+                "raw_container": "r",
+                "raw_dataset": "d",
+                "train_checkpoint": "model_checkpoint_1",
+                "experiment": "e",
+                "train_number": 0,
+                "predict_number": 0,
+                "split_part": "dev",
+            }
+        )

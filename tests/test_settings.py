@@ -1,0 +1,64 @@
+"""Settings precedence and redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connecto import ConnectoError
+from connecto.settings import load_settings, redact_uri
+
+
+def test_redact_uri() -> None:
+    assert redact_uri("mongodb://alice:s3cret@db.example:27017/x") == (
+        "mongodb://alice:***@db.example:27017/x"
+    )
+    assert redact_uri("mongodb+srv://bob:p@cluster/") == "mongodb+srv://bob:***@cluster/"
+    assert redact_uri("mongodb://127.0.0.1:27017/") == "mongodb://127.0.0.1:27017/"
+
+
+def test_precedence_env_over_cwd_over_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("CONNECTO_CONFIG_DIR", str(user_dir))
+    monkeypatch.chdir(work)
+    for key in ("CONNECTO_MONGO_URI", "CONNECTO_LAUNCHER", "CONNECTO_TRACKING_DB"):
+        monkeypatch.delenv(key, raising=False)
+
+    (user_dir / "connecto.toml").write_text(
+        'mongo_uri = "mongodb://user-file/"\nlauncher = "docker"\ntracking_db = "from_user"\n'
+    )
+    settings = load_settings()
+    assert (settings.mongo_uri, settings.launcher, settings.tracking_db) == (
+        "mongodb://user-file/",
+        "docker",
+        "from_user",
+    )
+
+    (work / "connecto.toml").write_text('mongo_uri = "mongodb://cwd-file/"\n')
+    settings = load_settings()
+    assert settings.mongo_uri == "mongodb://cwd-file/"
+    assert settings.launcher == "docker"  # still from the user file
+
+    monkeypatch.setenv("CONNECTO_MONGO_URI", "mongodb://env/")
+    assert load_settings().mongo_uri == "mongodb://env/"
+
+
+def test_invalid_settings_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "connecto.toml").write_text('launcher = "kubernetes"\n')
+    with pytest.raises(ConnectoError, match="launcher"):
+        load_settings()
+
+
+def test_config_show_redacts_password(connecto, tmp_path: Path) -> None:
+    result = connecto(
+        "config", "show", cwd=tmp_path,
+        env={"CONNECTO_MONGO_URI": "mongodb://admin:hunter2@10.0.0.1:27017/"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert "mongodb://admin:***@10.0.0.1:27017/" in result.stdout
