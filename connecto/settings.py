@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         default=None,
         description="MongoDB URI; unset means the embedded local server (`connecto db up`).",
     )
+    mongo_credentials: Path | None = Field(
+        default=None,
+        description="synister-style credentials INI ([Credentials] user, password, host, port), "
+        "used when mongo_uri is unset",
+    )
     mongo_timeout_s: float = Field(default=2.0, gt=0, description="seconds to wait for the server")
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("connecto")),
@@ -84,6 +89,29 @@ _PASSWORD_IN_URI = re.compile(r"^(?P<scheme>[a-z+]+://)(?P<user>[^:@/]*):(?P<pas
 def redact_uri(uri: str) -> str:
     """`mongodb://user:secret@host` -> `mongodb://user:***@host`."""
     return _PASSWORD_IN_URI.sub(r"\g<scheme>\g<user>:***@", uri)
+
+
+def uri_from_credentials(path: Path) -> str:
+    """synister's `db_credentials.ini` -> a MongoDB URI."""
+    import configparser
+    from urllib.parse import quote_plus
+
+    from connecto import ConnectoError
+
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(Path(path).read_text(), source=str(path))
+        section = parser["Credentials"]
+        host = section["host"]
+    except (OSError, configparser.Error, KeyError) as error:
+        raise ConnectoError(
+            f"{path}: not a usable credentials file ([Credentials] with host, optional "
+            f"user, password, port): {error}"
+        ) from None
+    port = section.get("port", "27017")
+    user, password = section.get("user"), section.get("password")
+    auth = f"{quote_plus(user)}:{quote_plus(password or '')}@" if user else ""
+    return f"mongodb://{auth}{host}:{port}/"
 
 
 def load_settings() -> Settings:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from connecto import ConnectoError
+from connecto.db.client import resolve_uri
 from connecto.settings import load_settings, redact_uri
 
 
@@ -62,3 +63,16 @@ def test_config_show_redacts_password(connecto, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout
     assert "mongodb://admin:***@10.0.0.1:27017/" in result.stdout
+
+
+def test_synister_credentials_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = tmp_path / "db_credentials.ini"
+    credentials.write_text(
+        "[Credentials]\nuser = nils\npassword = p@ss\nhost = mongo.lab\nport = 27018\n"
+    )
+    monkeypatch.delenv("CONNECTO_MONGO_URI", raising=False)
+    monkeypatch.setenv("CONNECTO_MONGO_CREDENTIALS", str(credentials))
+    assert resolve_uri(load_settings()) == "mongodb://nils:p%40ss@mongo.lab:27018/"
+    credentials.write_text("[Other]\nhost = x\n")
+    with pytest.raises(ConnectoError, match="credentials"):
+        resolve_uri(load_settings())

@@ -11,13 +11,15 @@ from pymongo.errors import PyMongoError
 
 from connecto import ConnectoError
 from connecto.db.server import LocalServer
-from connecto.settings import Settings, load_settings, redact_uri
+from connecto.settings import Settings, load_settings, redact_uri, uri_from_credentials
 
 
 def resolve_uri(settings: Settings) -> str:
     """The configured URI, or the embedded server's (started if needed, said once)."""
     if settings.mongo_uri:
         return settings.mongo_uri
+    if settings.mongo_credentials:
+        return uri_from_credentials(settings.mongo_credentials)
     state, started = LocalServer(settings.data_dir).start()
     if started:
         print(
