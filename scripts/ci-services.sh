@@ -74,23 +74,37 @@ wait_for() { # TIMEOUT CMD...
     done
 }
 
-# Start a foreground daemon fully detached: new session, stdio to its log, and without our
-# lock fd (9). Otherwise a CI runner reading our output would wait for the daemon to exit, and
-# the daemon would hold our lock forever. It is recorded as started at once, so `stop` cleans
-# it up even if it never becomes ready.
+# Daemons must not inherit any of our file descriptors beyond stdio (which go to their log):
+# a CI runner waits for EOF on its pipes, so a daemon holding one would hang the job, and one
+# holding our lock fd (9) would block every later start/stop.
+# Closes them and execs CMD, so call it only in a subshell or a background job.
+exec_detached() { # CMD...
+    local fdpath fd
+    for fdpath in /proc/"$BASHPID"/fd/*; do
+        fd=${fdpath##*/}
+        if ((fd > 2)); then
+            exec {fd}>&-
+        fi
+    done
+    exec "$@"
+}
+
+# Start a foreground daemon in its own session, detached as above. It is recorded as started
+# at once, so `stop` cleans it up even if it never becomes ready.
 spawn() { # NAME PIDFILE LOGFILE CMD...
     local name=$1 pidfile=$2 logfile=$3
     shift 3
-    setsid "$@" </dev/null >>"$logfile" 2>&1 9>&- &
+    # (A background job is one forked process, so $! ends up being the daemon itself.)
+    exec_detached setsid "$@" </dev/null >>"$logfile" 2>&1 &
     printf '%s %s %s\n' "$name" "$!" "$pidfile" >>"$STARTED"
     log "started $name (pid $!)"
 }
 
-# Run a self-daemonizing program (it forks and its launcher exits) with the same detachment.
+# Run a self-daemonizing program (it forks and its launcher exits), detached as above.
 run_daemon() { # LOGFILE CMD...
     local logfile=$1
     shift
-    "$@" </dev/null >>"$logfile" 2>&1 9>&-
+    (exec_detached "$@") </dev/null >>"$logfile" 2>&1
 }
 
 # Is PID a live process? Zombies do not count: pid 1 on these machines reaps exited daemons
@@ -251,7 +265,9 @@ LogFile=$LOGDIR/slurmdbd.log
 PidFile=$STATE/slurmdbd.pid
 EOF
     # slurmdbd refuses a config readable by others (it holds the DB password).
-    install -m 600 "$tmp" "$SLURMDBD_CONF"
+    if ! cmp -s "$tmp" "$SLURMDBD_CONF"; then
+        install -m 600 "$tmp" "$SLURMDBD_CONF"
+    fi
     rm -f "$tmp"
 }
 
@@ -324,7 +340,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
-# Schedule immediately: keeps submit-to-finish around a second.
+# Schedule at once on submit (jobs start within about a second).
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=$1
@@ -494,7 +510,7 @@ build_rootfs_tar() {
     log "debootstrap $SUITE from $mirror (about a minute; log: $LOGDIR/debootstrap.log)"
     rm -rf "$rootfs"
     debootstrap --variant=minbase --include=python3,python3-venv "$SUITE" "$rootfs" "$mirror" \
-        >"$LOGDIR/debootstrap.log" 2>&1 9>&- ||
+        </dev/null >"$LOGDIR/debootstrap.log" 2>&1 ||
         die "debootstrap failed (see $LOGDIR/debootstrap.log)"
     # Drop downloaded .debs and package lists: they only make the image bigger.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
@@ -530,9 +546,9 @@ take_lock() {
 }
 
 cmd_start() {
+    [[ $(id -u) == 0 ]] || die "must run as root (installs packages, starts system daemons)"
     take_lock
     mkdir -p "$LOGDIR" "$STATE/cache"
-    [[ $(id -u) == 0 ]] || die "must run as root"
     log "state folder $STATE"
     install_packages
     start_munge
