@@ -1,9 +1,90 @@
-"""`connecto data` commands (filled in by its issue)."""
+"""`connecto data ingest | synthesize-synapses`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from connecto.db.client import get_database
+
+data_app = typer.Typer(
+    help="EM volumes: ingest into zarr, synthetic synapse data.", no_args_is_help=True
+)
+
+
+def _triple(text: str | None, option: str) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected Z,Y,X integers", param_hint=option) from None
+    if len(values) != 3:
+        raise typer.BadParameter(f"{text!r}: expected three values Z,Y,X", param_hint=option)
+    return values  # type: ignore[return-value]
+
+
+@data_app.command("ingest")
+def ingest_command(
+    source: Path = typer.Argument(..., help="HDF5 file, multi-page TIFF or directory of TIFFs"),
+    out: Path = typer.Argument(..., help="output zarr container (e.g. volume.zarr)"),
+    datasets: list[str] = typer.Option(
+        [],
+        "--dataset",
+        help="HDF5 dataset (repeatable; default all 3D ones); name for a TIFF stack (default raw)",
+    ),
+    voxel_size: str | None = typer.Option(
+        None, "--voxel-size", help="Z,Y,X nm (default: the HDF5 resolution attribute)"
+    ),
+    offset: str | None = typer.Option(
+        None, "--offset", help="Z,Y,X nm (default: the HDF5 offset attribute, else 0)"
+    ),
+    chunks: str = typer.Option("32,128,128", "--chunks", help="chunk shape Z,Y,X voxels"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing datasets"),
+) -> None:
+    """Convert HDF5 datasets or TIFF stacks into chunked, compressed zarr."""
+    from connecto.data.ingest import ingest
+
+    results = ingest(
+        source, out, datasets or None, _triple(voxel_size, "--voxel-size"),
+        _triple(offset, "--offset"), _triple(chunks, "--chunks"), overwrite,
+    )  # fmt: skip
+    for r in results:
+        state = "already complete" if r.skipped else "written"
+        typer.echo(
+            f"{out}/{r.name}: {r.dtype} {list(r.shape)}, voxel size {list(r.voxel_size)} nm, "
+            f"offset {list(r.offset)} nm ({state})"
+        )
+
+
+@data_app.command("synthesize-synapses")
+def synthesize_command(
+    out: Path = typer.Argument(..., help="output zarr container"),
+    db: str = typer.Option(..., "--db", help="data database for the synapse documents"),
+    synapses: int = typer.Option(300, "--synapses", help="number of synapses"),
+    classes: str | None = typer.Option(
+        None, "--classes", help="comma-separated class names (default gaba,acetylcholine,glutamate)"
+    ),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    dataset: str = typer.Option("raw", "--dataset", help="dataset name in the container"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset"),
+) -> None:
+    """Make an EM-like volume with class-dependent synapses, and their database documents."""
+    from connecto.data.synthetic import synthesize_synapses
+
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    report = synthesize_synapses(
+        out, get_database(db), synapses, names, seed, dataset, overwrite=overwrite
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in report.per_class.items())
+    typer.echo(
+        f"{report.container}/{report.dataset}: {list(report.shape)} voxels at "
+        f"{list(report.voxel_size)} nm; {report.synapses} synapses ({counts}) on "
+        f"{report.skeletons} skeletons in database {db!r}"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    app.add_typer(data_app, name="data")

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from connecto.db.admin import describe_server
-from connecto.db.client import connect, resolve_uri
+from connecto.db.client import connect, get_database, resolve_uri
+from connecto.db.schema import init_database
 from connecto.db.server import LocalServer
+from connecto.db.synapses import (
+    PARTS,
+    export_synister,
+    import_csv,
+    import_synister,
+    parse_voxel_size,
+    synapse_stats,
+)
 from connecto.settings import load_settings, redact_uri
 
 app = typer.Typer(
@@ -64,3 +75,101 @@ def status() -> None:
         for collection, count in collections.items() or [("(empty)", 0)]:
             table.add_row(name, collection, str(count))
     console.print(table)
+
+
+import_app = typer.Typer(
+    help="Import synapses, skeletons and hemilineages (validated, all-or-nothing).",
+    no_args_is_help=True,
+)
+app.add_typer(import_app, name="import")
+
+DB_OPTION = typer.Option(..., "--db", help="Data database name, e.g. synister_v3.")
+REPLACE_OPTION = typer.Option(
+    False, "--replace", help="Overwrite documents that differ from the database."
+)
+
+
+@app.command("init")
+def init_command(db: str = DB_OPTION) -> None:
+    """Apply the validators and indexes of mongo/ to a data database (idempotent)."""
+    init_database(get_database(db))
+    typer.echo(f"database {db}: validators and indexes applied")
+
+
+@import_app.command("synister")
+def import_synister_command(
+    directory: Path = typer.Argument(
+        ..., help="Folder of synapses*/skeletons*/hemi_lineages*.json"
+    ),
+    db: str = DB_OPTION,
+    replace: bool = REPLACE_OPTION,
+) -> None:
+    """Import synister JSON exports (lists of documents or objects keyed by id)."""
+    report = import_synister(get_database(db), directory, replace=replace)
+    typer.echo(f"database {db}: {report.summary()}")
+
+
+@import_app.command("csv")
+def import_csv_command(
+    files: list[Path] = typer.Argument(..., help="CSV tables with body,x,y,z[,conf],syn_id"),
+    db: str = DB_OPTION,
+    voxel_size: str = typer.Option(
+        ..., "--voxel-size", help="Z,Y,X nm per voxel of the CSV coordinates, e.g. 8,8,8."
+    ),
+    nt: str | None = typer.Option(None, "--nt", help="Transmitter of every body in the files."),
+    nt_from_filename: bool = typer.Option(
+        False, "--nt-from-filename", help="Transmitter = file name stem (gaba.csv -> gaba)."
+    ),
+    replace: bool = REPLACE_OPTION,
+) -> None:
+    """Import CSV synapse tables; each body becomes a skeleton, coordinates become nm."""
+    report = import_csv(
+        get_database(db),
+        files,
+        parse_voxel_size(voxel_size),
+        nt=nt,
+        nt_from_filename=nt_from_filename,
+        replace=replace,
+    )
+    typer.echo(f"database {db}: {report.summary()}")
+
+
+@app.command("stats")
+def stats_command(db: str = DB_OPTION) -> None:
+    """Synapse and skeleton counts per transmitter, per split and part, per brain region."""
+    stats = synapse_stats(get_database(db))
+    typer.echo(
+        f"database {db}: {stats['synapses']} synapses, {stats['skeletons']} skeletons, "
+        f"{stats['hemilineages']} hemilineages"
+    )
+    table = Table("transmitter", "synapses", "skeletons", "skeletons with synapses")
+    for name, row in stats["transmitters"].items():
+        table.add_row(
+            name, str(row["synapses"]), str(row["skeletons"]), str(row["skeletons_with_synapses"])
+        )
+    console.print(table)
+    if stats["splits"]:
+        table = Table("split", *PARTS, "total")
+        for name, parts in stats["splits"].items():
+            table.add_row(name, *(str(parts[p]) for p in PARTS), str(sum(parts.values())))
+        console.print(table)
+    else:
+        typer.echo("no splits yet (`connecto split` makes one)")
+    if stats["brain_regions"]:
+        table = Table("brain region", "synapses")
+        for name, count in stats["brain_regions"].items():
+            table.add_row(name, str(count))
+        console.print(table)
+
+
+@app.command("export")
+def export_command(
+    directory: Path = typer.Argument(..., help="Output folder."),
+    db: str = DB_OPTION,
+) -> None:
+    """Write synister-format JSON (synapses, skeletons, hemi_lineages keyed by id)."""
+    counts = export_synister(get_database(db), directory)
+    typer.echo(
+        f"database {db} -> {directory}: "
+        + ", ".join(f"{name} ({count})" for name, count in counts.items())
+    )

@@ -1,9 +1,58 @@
-"""`connecto predict` commands (filled in by its issue)."""
+"""`connecto predict --split validation|test`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def predict_command(
+    split: str | None = typer.Option(
+        None, "--split", help="split part: validation or test (a predict setup knows its own)"
+    ),
+    iterations: list[int] = typer.Option(
+        [], "-i", "--iterations", help="checkpoint iterations (default: the latest)"
+    ),
+    all_checkpoints: bool = typer.Option(
+        False, "--all-checkpoints", help="every checkpoint of the train setup"
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="predict again into a complete collection (replacing it)"
+    ),
+    workers: int = typer.Option(1, "-w", "--workers", help="worker processes"),
+    batch_size: int | None = typer.Option(
+        None, "-b", "--batch-size", help="synapses per forward pass (default: batch_size)"
+    ),
+    submit: bool = typer.Option(
+        False, "--submit", help="run as a job (worker_config's launcher and scheduler)"
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="with --submit: wait for the job, exit with its exit code"
+    ),
+) -> None:
+    """Predict every synapse of a split part, run in a train setup (one predict setup per
+    checkpoint, created or reused) or in a predict setup. An interrupted run resumes."""
+    if submit:
+        from cli.jobs import report_jobs
+        from connecto.launch.submit import submit_here
+
+        args = ["predict", *(["--split", split] if split else [])]
+        args += [a for it in iterations for a in ("-i", str(it))]
+        args += ["--all-checkpoints"] * all_checkpoints + ["--overwrite"] * overwrite
+        args += ["-w", str(workers), *(["-b", str(batch_size)] if batch_size else [])]
+        report_jobs(submit_here(args, Path.cwd(), wait), waited=wait)
+        return
+    from connecto.predict import predict  # torch: only when predicting
+
+    runs = predict(Path.cwd(), split, iterations, all_checkpoints, overwrite, workers, batch_size)
+    for run in runs:
+        resumed = f", {run.resumed_from} from an earlier run" if run.resumed_from else ""
+        typer.echo(
+            f"iteration {run.iteration} ({run.split_part}): {run.written} synapses predicted"
+            f"{resumed} -> {run.database}.{run.collection}"
+        )
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    app.command("predict")(predict_command)

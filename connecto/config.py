@@ -63,6 +63,9 @@ class SynapseModelConfig(ConfigModel):
     downsample_factors: list[Shape3] = Field(
         default_factory=lambda: [(1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2)]
     )
+    classifier_width: PositiveInt = Field(
+        default=4096, description="width of the VGG's two hidden fully connected layers"
+    )
     network: Literal["VGG"] = "VGG"
     network_appendix: str | None = None
     batch_size: PositiveInt = 8
@@ -123,13 +126,14 @@ class SegmentationTrainConfig(ConfigModel):
     neighborhood: list[Shape3] = Field(default_factory=lambda: [(1, 0, 0), (0, 1, 0), (0, 0, 1)])
     lsds: bool = True
     lsd_sigma: float = Field(default=80.0, gt=0, description="LSD gaussian sigma in nm")
-    input_shape: Shape3 = (84, 268, 268)
-    output_shape: Shape3 = (44, 228, 228)
+    input_shape: Shape3 = (76, 76, 76)
+    output_shape: Shape3 | None = Field(
+        default=None, description="None: computed from input_shape (valid convolutions)"
+    )
     fmaps: PositiveInt = 12
     fmap_inc_factor: PositiveInt = 5
-    downsample_factors: list[Shape3] = Field(
-        default_factory=lambda: [(2, 2, 2), (2, 2, 2), (2, 2, 2)]
-    )
+    downsample_factors: list[Shape3] = Field(default_factory=lambda: [(2, 2, 2), (2, 2, 2)])
+    grow_boundary: Annotated[int, Field(ge=0)] = 1
     batch_size: PositiveInt = 1
     learning_rate: float = Field(default=5e-5, gt=0)
     save_every: PositiveInt = 1000
@@ -137,6 +141,39 @@ class SegmentationTrainConfig(ConfigModel):
     log_every: PositiveInt = 10
     augment: bool = True
     seed: int | None = None
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> SegmentationTrainConfig:
+        from connecto.models.unet import output_shape
+
+        try:
+            computed = output_shape(self.input_shape, self.downsample_factors)
+        except ConnectoError as error:
+            raise ValueError(str(error)) from None
+        if self.output_shape is not None and tuple(self.output_shape) != computed:
+            raise ValueError(
+                f"output_shape {tuple(self.output_shape)} differs from the network's "
+                f"{computed} for input_shape {tuple(self.input_shape)}"
+            )
+        rois = {k: getattr(self, k) for k in ("train_roi", "validation_roi", "test_roi")}
+        given = {k: v for k, v in rois.items() if v is not None}
+        for key, value in given.items():
+            if len(value) != 2 or any(len(part) != 3 for part in value):
+                raise ValueError(f"{key} must be [[z, y, x] offset, [z, y, x] shape] in nm")
+        names = list(given)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                (a0, ashape), (b0, bshape) = given[first], given[second]
+                if all(a < b + bs and b < a + as_ for a, as_, b, bs in
+                       zip(a0, ashape, b0, bshape, strict=True)):  # fmt: skip
+                    raise ValueError(f"{first} and {second} overlap: they must be disjoint")
+        return self
+
+    @property
+    def network_output_shape(self) -> tuple[int, int, int]:
+        from connecto.models.unet import output_shape
+
+        return output_shape(self.input_shape, self.downsample_factors)  # type: ignore[return-value]
 
 
 class SynapsePredictConfig(SynapseModelConfig):

@@ -1,0 +1,192 @@
+"""Segmentation: connecto's MongoDB segment graph against volara's SQLite graph, and the
+quality of a short CPU training on the NeuroProof volume.
+
+1. Speed, whole 250^3 volume, affinities computed from the ground truth, block size 64^3,
+   2 workers: fragments + edges (volara's ExtractFrags + AffAgglom) writing to MongoDB
+   (connecto) and to SQLite (volara's own tasks); graph write throughput on 50k edges.
+2. Quality: MTLSD trained for BENCH_SEGMENT_ITERATIONS (default 300) on the template's
+   train ROI, predicted blockwise on its test ROI, VOI/ARAND at the best threshold, next
+   to the shipped watershed supervoxels as the baseline.
+
+The MongoDB server is the configured one (CONNECTO_MONGO_URI), else the embedded one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+from funlib.persistence.graphs import SQLiteGraphDataBase
+from funlib.persistence.types import Vec
+from volara.blockwise import AffAgglom, ExtractFrags
+from volara.datasets import Affs, Labels
+from volara.dbs import SQLite
+
+from connecto.config import load_train_config
+from connecto.data.ingest import ingest
+from connecto.db.graph import MongoDBGraphDataBase, process_client
+from connecto.evaluate.segmentation import score_segmentation
+from connecto.experiment import prepare_training
+from connecto.resources import resource_dir
+from connecto.segment.config import SegmentConfig, load_segment_config
+from connecto.segment.tasks import MEAN_AFFINITY, run_task
+from connecto.segment.workflow import (
+    agglomerate,
+    best_threshold,
+    fragments,
+    gt_affinities,
+    logs_in,
+    open_graph,
+    open_volume,
+    run_steps,
+)
+from connecto.train import train
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "neuroproof_medulla_ts2"
+H5 = DATA / "neuroproof_ts2_raw_gt.h5"
+BLOCK = (64, 64, 64)
+CONTEXT = (8, 8, 8)
+WORKERS = 2
+
+
+def _timed(function, *args, **kwargs) -> tuple[float, object]:  # noqa: ANN001
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def speed(work: Path, db_name: str) -> None:
+    config = SegmentConfig(
+        labels_container=str(H5), output_container=str(work / "connecto.zarr"),
+        block_size=BLOCK, context=CONTEXT, num_workers=WORKERS, db_name=db_name,
+        graph="neuroproof_gt", thresholds=[0.5],
+    )  # fmt: skip
+    gt_affinities(config)
+    t_frags, _ = _timed(fragments, config, work)
+    t_edges, _ = _timed(agglomerate, config, work)
+    graph = open_graph(config)
+    nodes, edges = graph.num_nodes(), graph.num_edges()
+
+    neighborhood = [Coordinate(o) for o in config.neighborhood]
+    affs = Affs(store=work / "connecto.zarr" / "affs", neighborhood=neighborhood)
+    sqlite = SQLite(path=work / "volara.db", edge_attrs={MEAN_AFFINITY: "float"})
+    volara_frags = ExtractFrags(
+        db=sqlite, affs_data=affs, frags_data=Labels(store=work / "volara.zarr" / "fragments"),
+        block_size=BLOCK, context=CONTEXT, bias=[-0.5] * 3, num_workers=WORKERS,
+    )  # fmt: skip
+    volara_edges = AffAgglom(
+        db=sqlite, affs_data=affs, frags_data=Labels(store=work / "volara.zarr" / "fragments"),
+        block_size=BLOCK, context=CONTEXT, scores={MEAN_AFFINITY: neighborhood},
+        num_workers=WORKERS,
+    )  # fmt: skip
+    with logs_in(work / "volara_logs"):
+        v_frags, _ = _timed(run_task, volara_frags, "volara fragments")
+        v_edges, _ = _timed(run_task, volara_edges, "volara edges")
+    sqlite_graph = sqlite.open("r").read_graph()
+
+    connecto_total, volara_total = t_frags + t_edges, v_frags + v_edges
+    print("segment graph, NeuroProof 250^3, ground-truth affinities, 64^3 blocks, 2 workers")
+    print(f"  connecto (MongoDB): {nodes} nodes, {edges} edges; fragments {t_frags:.1f} s, "
+          f"edges {t_edges:.1f} s, total {connecto_total:.1f} s")  # fmt: skip
+    print(f"  volara (SQLite):    {sqlite_graph.number_of_nodes()} nodes, "
+          f"{sqlite_graph.number_of_edges()} edges; fragments {v_frags:.1f} s, "
+          f"edges {v_edges:.1f} s, total {volara_total:.1f} s")  # fmt: skip
+    print(f"  ratio volara/connecto: {volara_total / connecto_total:.2f} (goal >= 1.0)")
+
+
+def throughput(work: Path, db_name: str, n_nodes: int = 20_000, n_edges: int = 50_000) -> None:
+    rng = np.random.default_rng(0)
+    graph = nx.Graph()
+    positions = rng.uniform(0, 2500, size=(n_nodes, 3))
+    for i, p in enumerate(positions, start=1):
+        graph.add_node(i, position=tuple(p), size=int(rng.integers(1, 1000)))
+    while graph.number_of_edges() < n_edges:
+        u, v = rng.integers(1, n_nodes + 1, size=2)
+        if u != v:
+            graph.add_edge(int(u), int(v), merge_score=float(rng.random()),
+                           mean_affinity=float(rng.random()))  # fmt: skip
+    node_attrs = {"position": Vec(float, 3), "size": int}
+    edge_attrs = {"merge_score": float, "mean_affinity": float}
+    mongo = MongoDBGraphDataBase(
+        process_client()[db_name], mode="w", prefix="throughput_",
+        node_attrs=node_attrs, edge_attrs=edge_attrs,
+    )  # fmt: skip
+    sqlite = SQLiteGraphDataBase(
+        work / "throughput.db", position_attribute="position", mode="w",
+        node_attrs=node_attrs, edge_attrs=edge_attrs,
+    )  # fmt: skip
+    print(f"graph writes, {n_nodes} nodes and {n_edges} edges, one bulk write each")
+    for name, db in (("MongoDB", mongo), ("SQLite", sqlite)):
+        t_nodes, _ = _timed(db.write_graph, graph, write_edges=False)
+        t_edges, _ = _timed(db.write_graph, graph, write_nodes=False)
+        t_read, _ = _timed(db.read_graph, Roi((0, 0, 0), (500, 500, 500)))
+        print(f"  {name:8s} nodes {n_nodes / t_nodes:9.0f}/s  edges {n_edges / t_edges:9.0f}/s"
+              f"  ROI read (1/125 of the volume) {t_read * 1000:.0f} ms")  # fmt: skip
+    print("  goal: MongoDB edge writes >= 50000/s")
+
+
+def quality(work: Path, db_name: str, iterations: int) -> None:
+    data = work / "neuroproof.zarr"
+    ingest(H5, data, datasets=["volumes/raw", "volumes/labels/neuron_ids"], progress=False)
+    template = load_train_config(resource_dir("experiments") / "segmentation" / "train_config.toml")
+    setup, _, _ = prepare_training(
+        work / "runs", "bench", 0, task="segmentation",
+        overrides=[f'raw_container="{data}"', "fmaps=6", "fmap_inc_factor=3", "augment=false",
+                   f"save_every={iterations}", f"snapshot_every={iterations}", "seed=1",
+                   "learning_rate=5e-4", "worker.num_cache_workers=2"],
+    )  # fmt: skip
+    t_train, result = _timed(train, setup, iterations, progress=False)
+    segment = work / "segment_config.toml"
+    config, _ = load_segment_config(
+        resource_dir("experiments") / "segmentation" / "segment_config.toml"
+    )
+    values = config.model_dump(mode="json", exclude_none=True)
+    values.update(
+        raw_container=str(data), labels_container=str(H5), roi=template.test_roi,
+        checkpoint=str(setup.checkpoint(iterations)), output_container=str(work / "segment.zarr"),
+        db_name=db_name, num_workers=WORKERS,
+    )  # fmt: skip
+    import tomli_w
+
+    segment.write_text(tomli_w.dumps(values))
+    t_segment, report = _timed(run_steps, segment)
+    best = best_threshold(report.scores)
+    test_roi = Roi(*template.test_roi)
+    truth = open_volume(H5, "volumes/labels/neuron_ids").to_ndarray(test_roi)
+    supervoxels = open_volume(H5, "volumes/labels/watershed_supervoxels").to_ndarray(test_roi)
+    baseline = score_segmentation(supervoxels, truth)
+    print(f"quality on the test ROI {test_roi} after {iterations} CPU iterations "
+          f"(training {t_train:.0f} s, last loss {result.last_loss:.4f}; "
+          f"predict + segment + evaluate {t_segment:.0f} s)")  # fmt: skip
+    print(f"  {'':28s} {'VOI split':>9s} {'VOI merge':>9s} {'VOI':>7s} {'ARAND':>7s}")
+    rows = [(f"MTLSD, threshold {best.threshold:g}", best.scores),
+            ("watershed supervoxels", baseline)]  # fmt: skip
+    for name, s in rows:
+        print(f"  {name:28s} {s.voi_split:9.3f} {s.voi_merge:9.3f} {s.voi:7.3f} {s.arand:7.3f}")
+
+
+def main() -> None:
+    if not H5.is_file():
+        print(f"bench_segment: the NeuroProof volume is not at {H5}; nothing measured")
+        return
+    db_name = f"bench_segment_{uuid.uuid4().hex[:8]}"
+    iterations = int(os.environ.get("BENCH_SEGMENT_ITERATIONS", "300"))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_segment_") as tmp:
+            work = Path(tmp)
+            speed(work, db_name)
+            throughput(work, db_name)
+            if iterations > 0:
+                quality(work, db_name, iterations)
+    finally:
+        process_client().drop_database(db_name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""What every launcher and scheduler shares: a task to run, the resources it asks for,
+the job states, and the bash script that runs one task of a (possibly array) job.
+
+A *launcher* turns a task's command into the host-side command line that runs it (directly,
+in a Docker container, in an Apptainer container). A *scheduler* runs that command line
+somewhere (a detached local process, a SLURM or LSF job) and reports its state.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from connecto.config import WorkerConfig
+
+JobState = Literal["pending", "running", "completed", "failed", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+ACTIVE_STATES: tuple[str, ...] = ("pending", "running")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One command to run. `command[0] == "connecto"` means the connecto command of wherever
+    it runs (the image's entry point in a container, this installation locally)."""
+
+    command: tuple[str, ...]
+    workdir: Path
+    log_path: Path
+    name: str
+    kind: str = "command"  # train | predict | command
+    mounts: tuple[Path, ...] = ()  # directories the task writes to (the experiment directory)
+    setup_dir: Path | None = None
+
+    @property
+    def exit_path(self) -> Path:
+        """Where the job writes its command's exit code (read when the scheduler forgot it)."""
+        return self.log_path.with_suffix(".exit")
+
+
+@dataclass(frozen=True)
+class Resources:
+    queue: str | None = None
+    num_cpus: int = 1
+    num_gpus: int = 0
+    memory_gb: int | None = None
+    time_limit: str | None = None  # [D-]HH:MM:SS
+
+    @classmethod
+    def from_worker(cls, worker: WorkerConfig) -> Resources:
+        return cls(
+            queue=worker.queue,
+            num_cpus=worker.num_cpus,
+            num_gpus=worker.num_gpus,
+            memory_gb=worker.memory_gb,
+            time_limit=worker.time_limit,
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    """A scheduler's word on one job."""
+
+    state: JobState
+    exit_code: int | None = None
+    reason: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def parse_mount(entry: str | Path) -> tuple[str, str]:
+    """A `mount_dirs` entry `DIR` or `DIR:ro` -> (absolute DIR, "rw" | "ro"); bound inside the
+    container at the same path, so paths in configs mean the same on both sides."""
+    text = str(entry)
+    path, mode = (text[:-3], "ro") if text.endswith(":ro") else (text, "rw")
+    return str(Path(path).resolve()), mode
+
+
+def collect_mounts(task: Task, mount_dirs: list[str]) -> dict[str, str]:
+    """The task's directories (read-write) and the configured `mount_dirs`."""
+    mounts = dict(parse_mount(entry) for entry in mount_dirs)
+    for path in (*task.mounts, task.workdir):
+        mounts[str(Path(path).resolve())] = "rw"
+    return dict(sorted(mounts.items()))
+
+
+def read_exit_file(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def final_status(exit_code: int | None, cancelled: bool = False) -> Status:
+    """The one rule for a finished job: completed only with exit code 0."""
+    if cancelled:
+        return Status("cancelled", exit_code)
+    if exit_code == 0:
+        return Status("completed", 0)
+    return Status("failed", exit_code, None if exit_code is not None else "no exit code")
+
+
+def job_script(
+    argvs: Sequence[Sequence[str]],
+    tasks: Sequence[Task],
+    env: Mapping[str, str],
+    index_expr: str = "0",
+) -> str:
+    """A bash script running task number `index_expr` (e.g. `${SLURM_ARRAY_TASK_ID:-0}`):
+    in its working directory, output appended to its log, exit code written to its exit file
+    (atomically, so a reader never sees a partial number) and returned."""
+    q = shlex.quote
+    lines = [
+        "#!/bin/bash",
+        f"# connecto job: {len(tasks)} task(s); written by connecto.launch",
+        *(f"export {key}={q(value)}" for key, value in sorted(env.items())),
+        f"i={index_expr}",
+        "workdirs=(" + " ".join(q(str(t.workdir)) for t in tasks) + ")",
+        "logs=(" + " ".join(q(str(t.log_path)) for t in tasks) + ")",
+        "exits=(" + " ".join(q(str(t.exit_path)) for t in tasks) + ")",
+    ]
+    for number, argv in enumerate(argvs):
+        lines.append(f"task_{number}() {{ {shlex.join(argv)}; }}")
+    lines += [
+        'if [ -z "${workdirs[$i]:-}" ]; then echo "connecto: no task $i" >&2; exit 2; fi',
+        'exec >>"${logs[$i]}" 2>&1',
+        'cd "${workdirs[$i]}" || { echo 1 >"${exits[$i]}"; exit 1; }',
+        'echo "connecto: task $i started on $(hostname) at $(date -Is)"',
+        '"task_$i"',
+        "rc=$?",
+        'echo "$rc" >"${exits[$i]}.tmp" && mv -f "${exits[$i]}.tmp" "${exits[$i]}"',
+        'echo "connecto: task $i finished with exit code $rc at $(date -Is)"',
+        'exit "$rc"',
+    ]
+    return "\n".join(lines) + "\n"

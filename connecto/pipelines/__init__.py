@@ -1,0 +1,1 @@
+"""gunpowder training pipelines, one module per task."""

@@ -1,0 +1,77 @@
+"""`segment_config.toml`: what `connecto segment` reads. Relative paths are relative to
+the config file's directory, which also holds the logs and lookup tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from funlib.geometry import Roi
+from pydantic import Field, model_validator
+
+from connecto.config import ConfigModel, PositiveInt, Shape3, load_config
+
+CONFIG_NAME = "segment_config.toml"
+
+
+class SegmentConfig(ConfigModel):
+    """Blockwise prediction, fragments, agglomeration, extraction and evaluation."""
+
+    # inputs
+    raw_container: str | None = Field(default=None, description="zarr/N5 with raw (predict)")
+    raw_dataset: str = "volumes/raw"
+    labels_container: str | None = Field(
+        default=None, description="ground truth (zarr, N5 or HDF5) for evaluate/gt-affinities"
+    )
+    labels_dataset: str = "volumes/labels/neuron_ids"
+    checkpoint: str | None = Field(default=None, description="model_checkpoint_<it> (predict)")
+    # outputs
+    output_container: str = "segment.zarr"
+    affs_dataset: str = "affs"
+    lsds_dataset: str = "lsds"
+    fragments_dataset: str = "fragments"
+    segmentation_dataset: str = "segmentation"
+    roi: list[list[int]] | None = Field(
+        default=None, description="[[z, y, x] offset nm, [z, y, x] shape nm]; None: all"
+    )
+    # blockwise processing
+    neighborhood: list[Shape3] = Field(default_factory=lambda: [(1, 0, 0), (0, 1, 0), (0, 0, 1)])
+    block_size: Shape3 = (64, 64, 64)
+    context: Shape3 = (8, 8, 8)
+    num_workers: PositiveInt = 2
+    # fragments: mutex watershed on affinities + bias (negative: prefer splitting)
+    fragments_bias: Annotated[float, Field(ge=-1, le=0)] = -0.5
+    # the segment graph
+    db_name: str = "connecto_segments"
+    graph: str = Field(default="segment", description="collection prefix: one graph per volume")
+    thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SegmentConfig:
+        if self.roi is not None and (len(self.roi) != 2 or any(len(r) != 3 for r in self.roi)):
+            raise ValueError("roi must be [[z, y, x] offset, [z, y, x] shape] in nm")
+        if len(set(self.thresholds)) != len(self.thresholds):
+            raise ValueError(f"thresholds {self.thresholds} has duplicates")
+        return self
+
+    @property
+    def total_roi(self) -> Roi | None:
+        return None if self.roi is None else Roi(self.roi[0], self.roi[1])
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.graph}_"
+
+
+def load_segment_config(path: Path) -> tuple[SegmentConfig, Path]:
+    """The config with its relative paths made absolute, and its directory."""
+    path = path.resolve()
+    config = load_config(path, SegmentConfig)
+    base = path.parent
+    for key in ("raw_container", "labels_container", "checkpoint", "output_container"):
+        value = getattr(config, key)
+        if value is not None:
+            setattr(config, key, str(base / value))  # an absolute value stays as it is
+    return config, base

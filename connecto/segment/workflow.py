@@ -1,0 +1,396 @@
+"""The segmentation steps, in the order `connecto segment run` takes them:
+
+predict (affinities from a checkpoint, or `gt_affinities` from labels) -> fragments
+(nodes) -> agglomerate (edges) -> extract (one segmentation per threshold) -> evaluate.
+Each step skips the work a previous run finished (block bookkeeping, existing outputs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+from funlib.persistence import Array, open_ds, prepare_ds
+from gunpowder.nodes.add_affinities import seg_to_affgraph
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from volara.datasets import Affs, Labels
+from volara.logging import get_log_basedir, set_log_basedir
+from volara.lut import LUT
+
+from connecto import ConnectoError
+from connecto.data.ingest import HDF5_SUFFIXES
+from connecto.data.volumes import open_raw
+from connecto.db.client import tracking_database
+from connecto.db.graph import MongoDB, MongoDBGraphDataBase
+from connecto.db.tracking import SCORES, ensure_indexes, git_commit, now
+from connecto.evaluate.segmentation import SegmentationScores, score_segmentation
+from connecto.segment.config import SegmentConfig, load_segment_config
+from connecto.segment.tasks import (
+    MEAN_AFFINITY,
+    MERGE_SCORE,
+    GraphAffAgglom,
+    GraphExtractFrags,
+    SegmentRelabel,
+    run_task,
+)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: str
+    skipped: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ThresholdScore:
+    threshold: float
+    dataset: str
+    scores: SegmentationScores
+
+
+# ---------------------------------------------------------------- volumes
+
+
+def open_volume(container: str | Path, dataset: str) -> Array:
+    """A read-only Array of a zarr/N5 dataset, or of an HDF5 dataset (its `resolution`
+    and `offset` attributes give voxel size and offset), read lazily."""
+    if Path(container).suffix in HDF5_SUFFIXES:
+        if not Path(container).is_file():
+            raise ConnectoError(f"{container}: no such HDF5 file")
+        handle = h5py.File(container, "r")
+        if dataset not in handle:
+            raise ConnectoError(f"{container}: no dataset {dataset!r}")
+        data = handle[dataset]
+        voxel_size = tuple(int(v) for v in data.attrs.get("resolution", (1,) * data.ndim))
+        offset = tuple(int(v) for v in data.attrs.get("offset", (0,) * data.ndim))
+        return Array(data, offset=offset, voxel_size=voxel_size)
+    return open_raw(container, dataset)
+
+
+def _dataset_path(config: SegmentConfig, name: str) -> Path:
+    return Path(config.output_container) / name
+
+
+def _exists(path: Path) -> bool:
+    return (path / ".zarray").is_file()
+
+
+def _work_roi(config: SegmentConfig, available: Roi, source: str) -> Roi:
+    roi = config.total_roi
+    if roi is None:
+        return available
+    if not available.contains(roi):
+        raise ConnectoError(f"roi {config.roi} (nm) is not inside {source} ({available})")
+    return roi
+
+
+@contextmanager
+def logs_in(directory: Path) -> Iterator[None]:
+    """volara and daisy write their worker logs under `directory`, not the cwd; daisy's
+    scheduler listens on the loopback unless DAISY_HOST says otherwise."""
+    previous = get_log_basedir()
+    directory.mkdir(parents=True, exist_ok=True)
+    set_log_basedir(directory)
+    os.environ.setdefault("DAISY_HOST", "127.0.0.1")
+    try:
+        yield
+    finally:
+        set_log_basedir(previous)
+
+
+def _graph_config(config: SegmentConfig) -> MongoDB:
+    return MongoDB(
+        name=config.db_name,
+        prefix=config.prefix,
+        edge_attrs={MEAN_AFFINITY: "float", MERGE_SCORE: "float"},
+    )
+
+
+def open_graph(config: SegmentConfig, mode: str = "r") -> MongoDBGraphDataBase:
+    try:
+        return _graph_config(config).open(mode)
+    except RuntimeError:
+        raise ConnectoError(
+            f"no segment graph '{config.graph}' in database {config.db_name}: "
+            "run `connecto segment fragments` first"
+        ) from None
+
+
+# ---------------------------------------------------------------- affinities
+
+
+def gt_affinities(config: SegmentConfig, overwrite: bool = False) -> StepResult:
+    """Affinities computed from the ground-truth labels (perfect predictions, uint8)
+    over the ROI: the post-processing's test without a network."""
+    path = _dataset_path(config, config.affs_dataset)
+    if _exists(path) and not overwrite:
+        return StepResult("gt-affinities", True, f"{path} exists")
+    if config.labels_container is None:
+        raise ConnectoError("labels_container is not set in the segment config")
+    labels = open_volume(config.labels_container, config.labels_dataset)
+    voxel_size = Coordinate(labels.voxel_size)
+    roi = _work_roi(config, labels.roi, f"{config.labels_container}/{config.labels_dataset}")
+    reach = Coordinate(max(abs(o[d]) for o in config.neighborhood) for d in range(3))
+    grown = roi.grow(reach * voxel_size, reach * voxel_size)
+    segmentation = labels.to_ndarray(grown, fill_value=0)
+    affs = seg_to_affgraph(segmentation, np.array(config.neighborhood))
+    inner = tuple(slice(r, r + s) for r, s in zip(reach, roi.shape / voxel_size, strict=True))
+    data = (affs[(slice(None), *inner)] * 255).astype(np.uint8)
+    _write_channels(config, path, data, roi, voxel_size, {"neighborhood": config.neighborhood})
+    return StepResult("gt-affinities", False, f"{path}: {data.shape[0]} channels over {roi}")
+
+
+def _write_channels(
+    config: SegmentConfig, path: Path, data: np.ndarray, roi: Roi, voxel_size: Coordinate,
+    attrs: dict,
+) -> None:  # fmt: skip
+    array = prepare_ds(
+        path, shape=data.shape, offset=roi.offset, voxel_size=voxel_size,
+        axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
+        chunk_shape=(data.shape[0], *config.block_size), dtype=data.dtype, mode="w",
+    )  # fmt: skip
+    array._source_data.attrs.update(attrs)
+    array[roi] = data
+
+
+# ---------------------------------------------------------------- graph steps
+
+
+def _affs(config: SegmentConfig) -> Affs:
+    path = _dataset_path(config, config.affs_dataset)
+    if not _exists(path):
+        raise ConnectoError(
+            f"{path}: no affinities; run `connecto segment predict` (or `gt-affinities`)"
+        )
+    return Affs(store=path, neighborhood=[Coordinate(o) for o in config.neighborhood])
+
+
+def fragments(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
+    """Fragments (mutex watershed per block) into zarr, one graph node per fragment;
+    `overwrite` drops the graph and the fragments first."""
+    affs = _affs(config)
+    roi = _work_roi(config, affs.array("r").roi, str(affs.store))
+    task = GraphExtractFrags(
+        db=_graph_config(config),
+        affs_data=affs,
+        frags_data=Labels(store=_dataset_path(config, config.fragments_dataset)),
+        block_size=config.block_size,
+        context=config.context,
+        bias=[config.fragments_bias] * len(config.neighborhood),
+        num_workers=config.num_workers,
+        roi=roi,
+    )
+    with logs_in(base / "logs"):
+        if overwrite:
+            task.drop()
+        run_task(task, "fragments")
+    graph = open_graph(config)
+    return StepResult("fragments", False, f"{graph.num_nodes()} fragments (nodes)")
+
+
+def agglomerate(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
+    """Edges between touching fragments with mean affinity and merge score; `overwrite`
+    drops the edges first."""
+    affs = _affs(config)
+    frags = Labels(store=_dataset_path(config, config.fragments_dataset))
+    if not _exists(frags.store):
+        raise ConnectoError(f"{frags.store}: no fragments; run `connecto segment fragments`")
+    graph = open_graph(config)
+    task = GraphAffAgglom(
+        db=_graph_config(config),
+        affs_data=affs,
+        frags_data=frags,
+        block_size=config.block_size,
+        context=config.context,
+        scores={MEAN_AFFINITY: [Coordinate(o) for o in config.neighborhood]},
+        num_workers=config.num_workers,
+        roi=_work_roi(config, frags.array("r").roi, str(frags.store)),
+    )
+    if overwrite:
+        graph.drop_edges()
+        graph.reset_blocks(task.task_name)
+    with logs_in(base / "logs"):
+        run_task(task, "agglomerate")
+    return StepResult("agglomerate", False, f"{graph.num_edges()} edges")
+
+
+def threshold_name(threshold: float) -> str:
+    return f"threshold_{threshold:.3f}".rstrip("0").rstrip(".")
+
+
+def lookup_table(graph: MongoDBGraphDataBase, threshold: float) -> np.ndarray:
+    """Fragment -> segment (2 x N): connected components over edges whose merge score is
+    below `threshold`; a segment is named by its smallest fragment id, so ids never
+    collide with unmapped fragments."""
+    ids = np.array(sorted(n["id"] for n in graph.read_nodes(read_attrs=[])), dtype=np.uint64)
+    if ids.size == 0:
+        raise ConnectoError("the segment graph has no fragments")
+    edges = graph.read_edges(read_attrs=[MERGE_SCORE])
+    u = np.array([e["u"] for e in edges], dtype=np.uint64)
+    v = np.array([e["v"] for e in edges], dtype=np.uint64)
+    score = np.array([e.get(MERGE_SCORE, 1.0) for e in edges], dtype=np.float64)
+    keep = (score < threshold) & np.isin(u, ids) & np.isin(v, ids)
+    iu, iv = np.searchsorted(ids, u[keep]), np.searchsorted(ids, v[keep])
+    n = ids.size
+    matrix = coo_matrix((np.ones(iu.size), (iu, iv)), shape=(n, n))
+    _, component = connected_components(matrix, directed=False)
+    smallest = np.full(component.max() + 1, np.iinfo(np.uint64).max, dtype=np.uint64)
+    np.minimum.at(smallest, component, ids)
+    return np.stack([ids, smallest[component]])
+
+
+def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
+    """One segmentation dataset per threshold: global agglomeration into a lookup
+    table (saved under `luts/`), then a blockwise relabel of the fragments."""
+    frags = Labels(store=_dataset_path(config, config.fragments_dataset))
+    if not _exists(frags.store):
+        raise ConnectoError(f"{frags.store}: no fragments; run `connecto segment fragments`")
+    graph = open_graph(config)
+    made, kept = [], []
+    for threshold in config.thresholds:
+        name = threshold_name(threshold)
+        lut = LUT(path=base / "luts" / f"{config.graph}_{name}.npz")
+        seg_path = _dataset_path(config, f"{config.segmentation_dataset}/{name}")
+        task = SegmentRelabel(
+            frags_data=frags, seg_data=Labels(store=seg_path), lut=lut,
+            block_size=config.block_size, num_workers=config.num_workers,
+        )  # fmt: skip
+        if overwrite or not lut.path.exists():
+            lut.path.parent.mkdir(parents=True, exist_ok=True)
+            with logs_in(base / "logs"):
+                task.drop()  # a new table invalidates the relabelled blocks
+            lut.save(lookup_table(graph, threshold))
+            made.append(name)
+        else:
+            kept.append(name)
+        with logs_in(base / "logs"):
+            run_task(task, f"extract {name}")
+    detail = f"{len(made)} thresholds agglomerated, {len(kept)} lookup tables reused"
+    return StepResult("extract", not made, detail)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(config: SegmentConfig) -> list[ThresholdScore]:
+    """VOI split/merge and adapted Rand error of every threshold's segmentation against
+    the ground truth over the ROI, stored in the tracking database `scores`."""
+    if config.labels_container is None:
+        raise ConnectoError("labels_container is not set in the segment config")
+    labels = open_volume(config.labels_container, config.labels_dataset)
+    results = []
+    truth: np.ndarray | None = None
+    for threshold in config.thresholds:
+        name = f"{config.segmentation_dataset}/{threshold_name(threshold)}"
+        path = _dataset_path(config, name)
+        if not _exists(path):
+            raise ConnectoError(f"{path}: no segmentation; run `connecto segment extract`")
+        segmentation = open_ds(path, mode="r")
+        roi = _work_roi(config, segmentation.roi, str(path))
+        if truth is None:
+            truth = labels.to_ndarray(roi, fill_value=0)
+        scores = score_segmentation(segmentation.to_ndarray(roi), truth)
+        results.append(ThresholdScore(threshold, name, scores))
+    _store_scores(config, results)
+    return results
+
+
+def best_threshold(results: list[ThresholdScore]) -> ThresholdScore:
+    return min(results, key=lambda r: (r.scores.voi, r.scores.arand))
+
+
+def _store_scores(config: SegmentConfig, results: list[ThresholdScore]) -> None:
+    db = tracking_database()
+    ensure_indexes(db)
+    best = best_threshold(results)
+    for result in results:
+        key = f"{config.output_container}/{result.dataset}"
+        db[SCORES].update_one(
+            {"kind": "segmentation", "key": key},
+            {
+                "$set": {
+                    "container": config.output_container,
+                    "dataset": result.dataset,
+                    "graph": f"{config.db_name}.{config.graph}",
+                    "threshold": result.threshold,
+                    "voi_split": result.scores.voi_split,
+                    "voi_merge": result.scores.voi_merge,
+                    "voi": result.scores.voi,
+                    "arand": result.scores.arand,
+                    "voxels": result.scores.voxels,
+                    "roi": config.roi,
+                    "best": result is best,
+                    "git_commit": git_commit(),
+                    "updated": now(),
+                }
+            },
+            upsert=True,
+        )
+
+
+# ---------------------------------------------------------------- the command's entry point
+
+STEPS = ("predict", "fragments", "agglomerate", "extract", "evaluate")
+
+
+@dataclass
+class SegmentReport:
+    steps: list[StepResult]
+    scores: list[ThresholdScore]
+
+    @property
+    def best(self) -> ThresholdScore | None:
+        return best_threshold(self.scores) if self.scores else None
+
+
+def predict(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
+    """Affinities (and LSDs) from the configured checkpoint, blockwise."""
+    path = _dataset_path(config, config.affs_dataset)
+    if config.checkpoint is None:
+        if _exists(path):
+            return StepResult("predict", True, f"{path} exists (no checkpoint configured)")
+        raise ConnectoError(
+            "no checkpoint in the segment config and no affinities yet: set `checkpoint` "
+            "or run `connecto segment gt-affinities`"
+        )
+    from connecto.segment.predict import predict_blockwise
+
+    return predict_blockwise(config, base, overwrite=overwrite)
+
+
+def run_steps(
+    config_path: Path, steps: list[str] | tuple[str, ...] = STEPS, overwrite: bool = False
+) -> SegmentReport:
+    """Run the named steps in order (`connecto segment run`: all of them)."""
+    unknown = [s for s in steps if s not in (*STEPS, "gt-affinities")]
+    if unknown:
+        raise ConnectoError(f"unknown segment steps {unknown}; known: {', '.join(STEPS)}")
+    config, base = load_segment_config(config_path)
+    report = SegmentReport([], [])
+    for step in steps:
+        if step == "gt-affinities":
+            report.steps.append(gt_affinities(config, overwrite=overwrite))
+        elif step == "predict":
+            report.steps.append(predict(config, base, overwrite=overwrite))
+        elif step == "fragments":
+            report.steps.append(fragments(config, base, overwrite=overwrite))
+        elif step == "agglomerate":
+            report.steps.append(agglomerate(config, base, overwrite=overwrite))
+        elif step == "extract":
+            report.steps.append(extract(config, base, overwrite=overwrite))
+        elif step == "evaluate":
+            if config.labels_container is None and list(steps) != ["evaluate"]:
+                report.steps.append(StepResult("evaluate", True, "no labels_container"))
+                continue
+            report.scores = evaluate(config)
+            best = best_threshold(report.scores)
+            report.steps.append(StepResult("evaluate", False, f"best threshold {best.threshold}"))
+    return report

@@ -1,0 +1,342 @@
+"""Balanced train/validation/test splits of whole groups (skeletons, hemilineages, brain regions).
+
+Every group goes entirely to one part, chosen so that for every class the share of its
+synapses in each part is as close as possible to the target fractions. That is a small
+assignment problem, solved as a mixed-integer program with HiGHS (`scipy.optimize.milp`)
+under a time limit, with a greedy assignment as fallback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pymongo import UpdateMany
+from pymongo.database import Database
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import lil_matrix
+
+from connecto import ConnectoError
+from connecto.db.synapses import (
+    PARTS,
+    SKELETONS,
+    SYNAPSES,
+    class_of_skeletons,
+    valid_split_name,
+)
+
+GroupBy = Literal["skeleton", "hemilineage", "brain_region"]
+GROUP_BY: tuple[str, ...] = ("skeleton", "hemilineage", "brain_region")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+# Near-perfect balances come within a second; proving optimality can take much longer.
+DEFAULT_TIME_LIMIT_S = 1.0
+
+
+@dataclass
+class SplitReport:
+    name: str
+    by: str
+    classes: list[str]
+    fractions: tuple[float, float, float]
+    counts: dict[str, dict[str, int]]  # class -> part -> synapses
+    groups: dict[str, int]  # part -> groups
+    solver: str
+    seconds: float  # planning (reading + solving)
+    write_seconds: float = 0.0
+    excluded: int = 0  # synapses of the classes without a group (no hemilineage / region)
+    written: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def share(self, name: str, part: str) -> float:
+        total = sum(self.counts[name].values())
+        return self.counts[name][part] / total if total else 0.0
+
+    @property
+    def max_deviation(self) -> float:
+        return max(
+            abs(self.share(c, p) - f)
+            for c in self.classes
+            for p, f in zip(PARTS, self.fractions, strict=True)
+        )
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConnectoError(
+            f"--fractions {text!r}: expected three numbers like 0.8,0.1,0.1"
+        ) from None
+    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6:
+        raise ConnectoError(
+            f"--fractions {text!r}: expected three non-negative numbers (train, validation, "
+            "test) summing to 1"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _group_counts(
+    db: Database, by: str, skeleton_class: dict[int, str]
+) -> tuple[dict[Any, dict[str, int]], dict[Any, list[int]], int]:
+    """Per group: synapses per class; per group: its skeletons; synapses without a group."""
+    hemilineage: dict[int, Any] = {}
+    if by == "hemilineage":
+        for doc in db[SKELETONS].find(
+            {"skeleton_id": {"$in": list(skeleton_class)}}, {"skeleton_id": 1, "hemilineage_id": 1}
+        ):
+            hemilineage[doc["skeleton_id"]] = doc.get("hemilineage_id")
+    counts: dict[Any, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    members: dict[Any, set[int]] = defaultdict(set)
+    excluded = 0
+    # one scan with a projection: cheaper than a huge `$in` on skeleton ids
+    for doc in db[SYNAPSES].find({}, {"skeleton_id": 1, "brain_region": 1, "_id": 0}):
+        skeleton = doc["skeleton_id"]
+        name = skeleton_class.get(skeleton)
+        if name is None:
+            continue
+        if by == "skeleton":
+            group = skeleton
+        elif by == "hemilineage":
+            group = hemilineage.get(skeleton)
+        else:
+            group = doc.get("brain_region")
+        if group is None:
+            excluded += 1
+            continue
+        counts[group][name] += 1
+        members[group].add(skeleton)
+    return counts, {g: sorted(s) for g, s in members.items()}, excluded
+
+
+def _solve_milp(
+    n: np.ndarray, fractions: np.ndarray, time_limit_s: float
+) -> tuple[np.ndarray | None, str]:
+    """n: groups x classes synapse counts. Returns part index per group (or None) and status.
+
+    Variables: x[g, p] binary (group g in part p), d[c, p] >= |share - target| and t >= every
+    d. Minimises K*t + sum(d): first the worst deviation, then all of them.
+    """
+    groups, classes = n.shape
+    parts = len(fractions)
+    totals = n.sum(axis=0)
+    nx, nd = groups * parts, classes * parts
+    nvar = nx + nd + 1
+    t_index = nvar - 1
+    lower, upper = [], []
+    matrix = lil_matrix((groups + 2 * nd + nd + classes * parts, nvar))
+    row = 0
+    for g in range(groups):  # each group in exactly one part
+        for p in range(parts):
+            matrix[row, g * parts + p] = 1
+        lower.append(1)
+        upper.append(1)
+        row += 1
+    for c in range(classes):
+        for p in range(parts):
+            d = nx + c * parts + p
+            # share - d <= f  and  share + d >= f
+            for sign in (1, -1):
+                for g in np.nonzero(n[:, c])[0]:
+                    matrix[row, g * parts + p] = sign * n[g, c] / totals[c]
+                matrix[row, d] = -1 if sign == 1 else 1
+                if sign == 1:
+                    lower.append(-np.inf)
+                    upper.append(fractions[p])
+                else:
+                    lower.append(-fractions[p])
+                    upper.append(np.inf)
+                row += 1
+            matrix[row, d] = 1  # d <= t
+            matrix[row, t_index] = -1
+            lower.append(-np.inf)
+            upper.append(0)
+            row += 1
+            if fractions[p] > 0:  # every class present in every non-empty part
+                for g in np.nonzero(n[:, c])[0]:
+                    matrix[row, g * parts + p] = 1
+                lower.append(1)
+                upper.append(np.inf)
+                row += 1
+    matrix = matrix[:row].tocsr()
+    cost = np.zeros(nvar)
+    cost[nx : nx + nd] = 1
+    cost[t_index] = nd
+    integrality = np.zeros(nvar)
+    integrality[:nx] = 1
+    bounds = Bounds(np.zeros(nvar), np.concatenate([np.ones(nx), np.full(nd + 1, np.inf)]))
+    result = milp(
+        cost,
+        constraints=LinearConstraint(matrix, lower, upper),
+        integrality=integrality,
+        bounds=bounds,
+        options={"time_limit": time_limit_s, "disp": False},
+    )
+    if result.x is None:
+        return None, f"milp: {result.message}"
+    assignment = result.x[:nx].reshape(groups, parts).argmax(axis=1)
+    status = "milp optimal" if result.status == 0 else f"milp best found ({result.message})"
+    return assignment, status
+
+
+def _max_deviation(n: np.ndarray, assignment: np.ndarray, fractions: np.ndarray) -> float:
+    totals = np.maximum(n.sum(axis=0), 1)
+    shares = np.stack([n[assignment == p].sum(axis=0) / totals for p in range(len(fractions))])
+    return float(np.abs(shares - fractions[:, None]).max())
+
+
+def _solve_greedy(n: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Largest groups first, each to the part whose classes are furthest below target."""
+    totals = np.maximum(n.sum(axis=0), 1)
+    shares = n / totals  # share of each class a group carries
+    filled = np.zeros((len(fractions), n.shape[1]))
+    assignment = np.zeros(len(n), dtype=int)
+    for g in np.argsort(-shares.max(axis=1), kind="stable"):
+        carried = shares[g] > 0
+        # deficit of each part over the classes this group carries
+        gain = ((fractions[:, None] - filled) * carried).sum(axis=1)
+        gain[fractions == 0] = -np.inf
+        p = int(np.argmax(gain))
+        assignment[g] = p
+        filled[p] += shares[g]
+    return assignment
+
+
+@dataclass
+class SplitPlan:
+    """Which synapses go to which part: the report plus the write it needs."""
+
+    report: SplitReport
+    queries: dict[str, dict[str, Any]]  # part -> synapse query
+
+
+def plan_split(
+    db: Database,
+    by: str,
+    name: str,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    classes: list[str] | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+) -> SplitPlan:
+    """Choose the part of every group; writes nothing (see `make_split`)."""
+    if by not in GROUP_BY:
+        raise ConnectoError(f"--by {by!r}: expected one of {', '.join(GROUP_BY)}")
+    if not valid_split_name(name):
+        raise ConnectoError(f"split name {name!r}: use letters, digits, '_' and '-' only")
+    if len(fractions) != len(PARTS) or abs(sum(fractions) - 1) > 1e-6:
+        raise ConnectoError(f"fractions {fractions}: expected three numbers summing to 1")
+    key = f"splits.{name}"
+    if not overwrite and db[SYNAPSES].find_one({key: {"$exists": True}}, {"_id": 1}):
+        raise ConnectoError(
+            f"split {name!r} already exists in database {db.name}; use --overwrite to replace it"
+        )
+    start = time.perf_counter()
+    skeleton_class = class_of_skeletons(db, classes)
+    present = sorted(set(skeleton_class.values()))
+    if classes:
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise ConnectoError(
+                f"class(es) {', '.join(missing)} have no skeleton with exactly that one known "
+                f"transmitter in database {db.name} (classes there: "
+                f"{', '.join(sorted(set(class_of_skeletons(db).values()))) or 'none'})"
+            )
+        chosen = list(classes)
+    else:
+        chosen = present
+    if not chosen:
+        raise ConnectoError(f"database {db.name} has no skeleton with one known transmitter")
+    counts, members, excluded = _group_counts(db, by, skeleton_class)
+    order = sorted(counts, key=str)
+    np.random.default_rng(seed).shuffle(order)
+    n = np.array([[counts[g].get(c, 0) for c in chosen] for g in order], dtype=float)
+    needed = sum(1 for f in fractions if f > 0)
+    for c, class_name in enumerate(chosen):
+        have = int((n[:, c] > 0).sum()) if len(n) else 0
+        if have < needed:
+            raise ConnectoError(
+                f"class {class_name!r} has {have} {by} group(s) with synapses; "
+                f"{needed} parts need at least {needed}"
+            )
+    target = np.array(fractions, dtype=float)
+    # The greedy answer is instant and often close; the program improves on it when it can.
+    greedy = _solve_greedy(n, target)
+    assignment, solver = _solve_milp(n, target, time_limit_s)
+    if assignment is None or _max_deviation(n, greedy, target) < _max_deviation(
+        n, assignment, target
+    ):
+        assignment, solver = greedy, f"greedy (better than {solver})"
+
+    report = SplitReport(
+        name=name,
+        by=by,
+        classes=chosen,
+        fractions=tuple(fractions),  # type: ignore[arg-type]
+        counts={c: {p: 0 for p in PARTS} for c in chosen},
+        groups={p: 0 for p in PARTS},
+        solver=solver,
+        seconds=0.0,
+        excluded=excluded,
+    )
+    skeletons_per_part: dict[str, list[int]] = {p: [] for p in PARTS}
+    groups_per_part: dict[str, list[Any]] = {p: [] for p in PARTS}
+    for g, group in enumerate(order):
+        part = PARTS[assignment[g]]
+        report.groups[part] += 1
+        groups_per_part[part].append(group)
+        skeletons_per_part[part] += members[group]
+        for c, class_name in enumerate(chosen):
+            report.counts[class_name][part] += int(n[g, c])
+    chosen_skeletons = [s for s, c in skeleton_class.items() if c in chosen]
+    queries: dict[str, dict[str, Any]] = {}
+    for part in PARTS:
+        if not groups_per_part[part]:
+            continue
+        if by == "brain_region":
+            queries[part] = {
+                "brain_region": {"$in": groups_per_part[part]},
+                "skeleton_id": {"$in": chosen_skeletons},
+            }
+        else:
+            queries[part] = {"skeleton_id": {"$in": skeletons_per_part[part]}}
+    report.seconds = time.perf_counter() - start
+    return SplitPlan(report=report, queries=queries)
+
+
+def write_split(db: Database, plan: SplitPlan, overwrite: bool = False) -> SplitReport:
+    """Write `splits.<name>` in one ordered bulk write: drop old labels, one update per part."""
+    start = time.perf_counter()
+    key = f"splits.{plan.report.name}"
+    operations: list[UpdateMany] = []
+    if overwrite:
+        operations.append(UpdateMany({key: {"$exists": True}}, {"$unset": {key: ""}}))
+    operations += [UpdateMany(q, {"$set": {key: part}}) for part, q in plan.queries.items()]
+    db[SYNAPSES].bulk_write(operations, ordered=True)
+    report = plan.report
+    report.written = sum(sum(parts.values()) for parts in report.counts.values())
+    report.write_seconds = time.perf_counter() - start
+    return report
+
+
+def make_split(
+    db: Database,
+    by: str,
+    name: str,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    classes: list[str] | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+) -> SplitReport:
+    """Assign whole groups to train/validation/test and write `splits.<name>` on their synapses.
+
+    `classes`: transmitters to balance (default: every single-transmitter class); synapses of
+    other classes get no part in this split. `seed` shuffles the groups before solving, so
+    equally good assignments can differ between seeds.
+    """
+    plan = plan_split(db, by, name, fractions, classes, seed, overwrite, time_limit_s)
+    return write_split(db, plan, overwrite)

@@ -1,0 +1,316 @@
+"""The training driver: `connecto train ITERATIONS` in a train setup.
+
+Every task trains the same way: gunpowder's torch `Train` node at the end of the task's
+pipeline, checkpoints `model_checkpoint_<it>` ({model_state_dict, optimizer_state_dict,
+iteration}) every `save_every` and at the end, tensorboard scalars in `log/`, snapshots
+every `snapshot_every` in `snapshots/batch_<it>.zarr`, the run tracked in MongoDB
+`runs`. A rerun continues from the latest checkpoint; SIGINT/SIGTERM stop after the
+current iteration with a checkpoint.
+
+Tasks plug in through `TASKS`: the task name (`task` in train_config) maps to a
+function `(config, worker_config, source) -> TaskParts`, given as "module:function" so
+that only the task in use is imported. The function checks everything that can fail
+before training starts (raising `ConnectoError` naming the config key) and returns the
+model, loss, optimizer, the gunpowder pipeline up to the `Train` node, the request,
+the `Train` node's array mappings, what a snapshot holds and the metrics of a batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import gunpowder as gp
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+
+from connecto import ConnectoError
+from connecto.db.tracking import git_commit, now, upsert_run
+from connecto.experiment import TrainSetup
+
+TASKS: dict[str, str] = {
+    "synapse-classification": "connecto.pipelines.synapse:synapse_task",
+    "segmentation": "connecto.pipelines.segmentation:segmentation_task",
+}
+CHECKPOINT_BASENAME = "model"  # gunpowder names checkpoints <basename>_checkpoint_<it>
+NEVER = 2**62  # gunpowder's own checkpointing is off: the driver writes checkpoints
+
+
+@dataclass
+class TaskParts:
+    """What a task gives the driver (see the module docstring)."""
+
+    model: torch.nn.Module
+    loss: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    pipeline: gp.Pipeline
+    request: gp.BatchRequest
+    inputs: dict[str | int, gp.ArrayKey]
+    outputs: dict[str | int, gp.ArrayKey]
+    loss_inputs: dict[str | int, gp.ArrayKey]
+    array_specs: dict[gp.ArrayKey, gp.ArraySpec] = field(default_factory=dict)
+    # batch -> {dataset name: (data, zarr attributes)}
+    snapshot: Callable[[gp.Batch], dict[str, tuple[np.ndarray, dict]]] | None = None
+    # batch -> {metric name: value}, logged to tensorboard and the run document
+    metrics: Callable[[gp.Batch], dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    start_iteration: int
+    iteration: int
+    state: str  # finished | interrupted
+    last_loss: float | None
+
+
+def task_parts(config: Any, worker: Any, source: str) -> TaskParts:
+    task = getattr(config, "task", None)
+    if task not in TASKS:
+        raise ConnectoError(f"{source}: key 'task' = {task!r}: no training for this task yet")
+    module, _, function = TASKS[task].partition(":")
+    return getattr(importlib.import_module(module), function)(config, worker, source)
+
+
+def training_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_threads(worker: Any) -> int:
+    """Threads for a CPU train step: the job's CPUs less those of the cache workers
+    (more threads than free cores makes every step several times slower)."""
+    return max(1, worker.num_cpus - worker.num_cache_workers)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    setup: TrainSetup, iteration: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> Path:
+    """Written to a hidden temporary file first, so a crash never leaves a truncated
+    `model_checkpoint_<it>` for the next run to resume from."""
+    path = setup.checkpoint(iteration)
+    temporary = path.with_name(f".{path.name}.partial")
+    torch.save(
+        {
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(),
+            "iteration": iteration,
+        },
+        temporary,
+    )
+    os.replace(temporary, path)
+    return path
+
+
+def write_snapshot(
+    setup: TrainSetup, iteration: int, arrays: dict[str, tuple[np.ndarray, dict]]
+) -> Path:
+    path = setup.snapshot_dir / f"batch_{iteration}.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    for name, (data, attrs) in arrays.items():
+        array = root.create_dataset(name, data=np.asarray(data), overwrite=True)
+        array.attrs.update({**attrs, "iteration": iteration})
+        if "voxel_size" in attrs:
+            array.attrs["resolution"] = attrs["voxel_size"]
+    return path
+
+
+# ---------------------------------------------------------------- stopping
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the training loop to stop after the current iteration (a
+    second SIGINT interrupts at once). Worker processes forked from here ignore SIGINT
+    (the terminal sends it to all of them) and die on SIGTERM as usual, so gunpowder
+    can still stop them."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.owner = os.getpid()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.owner:
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+# ---------------------------------------------------------------- logging
+
+
+@dataclass
+class Window:
+    """Running sums between two log points."""
+
+    started: float = field(default_factory=time.monotonic)
+    count: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, values: dict[str, float]) -> None:
+        self.count += 1
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        return {**means, "iterations_per_second": self.count / elapsed}
+
+
+def _seed(seed: int | None, iteration: int) -> None:
+    if seed is None:
+        return
+    import random
+
+    # offset by the iteration so a resumed run does not replay the same random stream
+    random.seed(seed + iteration)
+    np.random.seed((seed + iteration) % 2**32)
+    torch.manual_seed(seed + iteration)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def train(
+    setup: TrainSetup, iterations: int, progress: bool = True, device: str | None = None
+) -> TrainResult:
+    """Train the setup until `iterations` in total, resuming from its latest checkpoint."""
+    if iterations < 1:
+        raise ConnectoError(f"ITERATIONS {iterations}: must be at least 1")
+    config = setup.train_config()
+    worker = setup.worker_config()
+    source = str(setup.path / "train_config")
+    done = (setup.checkpoints() or [0])[-1]
+    if done >= iterations:
+        return TrainResult(done, done, "finished", None)
+    _seed(config.seed, done)
+    parts = task_parts(config, worker, source)  # all checks, before anything is written
+    logging.getLogger("gunpowder").setLevel(logging.WARNING)  # per-iteration INFO lines
+    device = device or training_device()
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads(worker))
+
+    from connecto.db.client import tracking_database
+
+    db = tracking_database()
+    run_dir = str(setup.path)
+    upsert_run(db, run_dir, {
+        "experiment": setup.experiment, "base": str(setup.base), "train_id": setup.train_id,
+        "task": config.task, "config": config.model_dump(mode="json"), "state": "running",
+        "iteration": done, "target_iterations": iterations, "device": device,
+        "git_commit": git_commit(), "started": now(), "error": None,
+        "host": socket.gethostname(),
+    })  # fmt: skip
+
+    train_node = gp.torch.Train(
+        model=parts.model, loss=parts.loss, optimizer=parts.optimizer,
+        inputs=parts.inputs, outputs=parts.outputs, loss_inputs=parts.loss_inputs,
+        array_specs=parts.array_specs,
+        checkpoint_basename=str(setup.path / CHECKPOINT_BASENAME),
+        save_every=NEVER, device=device,
+    )  # fmt: skip
+    pipeline = parts.pipeline + train_node
+    setup.log_dir.mkdir(exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(setup.log_dir))
+    iteration, last_loss, saved = done, None, done
+    stop = StopRequest()
+
+    def checkpoint() -> None:
+        nonlocal saved
+        if iteration > saved:
+            save_checkpoint(setup, iteration, train_node.model, train_node.optimizer)
+            saved = iteration
+
+    try:
+        with stop.installed(), gp.build(pipeline):
+            iteration = saved = train_node.iteration  # gunpowder resumed from the checkpoint
+            window = Window()
+            bar = tqdm(
+                total=iterations, initial=iteration, desc="train", unit="it",
+                disable=not progress, dynamic_ncols=True,
+            )  # fmt: skip
+            while iteration < iterations and not stop.requested:
+                try:
+                    batch = pipeline.request_batch(parts.request)
+                except Exception:
+                    if stop.requested:  # workers stopped by the same signal
+                        break
+                    raise
+                iteration = batch.iteration
+                last_loss = float(batch.loss)
+                values = {"loss": last_loss, **(parts.metrics(batch) if parts.metrics else {})}
+                window.add(values)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+                if iteration % config.save_every == 0:
+                    checkpoint()
+                if parts.snapshot and iteration % config.snapshot_every == 0:
+                    write_snapshot(setup, iteration, parts.snapshot(batch))
+                if iteration % config.log_every == 0 or iteration == iterations:
+                    means = window.means()
+                    means["learning_rate"] = train_node.optimizer.param_groups[0]["lr"]
+                    for key, value in means.items():
+                        writer.add_scalar(key, value, iteration)
+                    writer.flush()
+                    upsert_run(db, run_dir, {
+                        "iteration": iteration, "last_loss": last_loss,
+                        "metrics": {k: float(v) for k, v in means.items()},
+                    })  # fmt: skip
+                    window = Window()
+            bar.close()
+            checkpoint()
+    except BaseException as error:
+        checkpoint_error = None
+        try:
+            checkpoint()
+        except Exception as failure:  # keep the original error
+            checkpoint_error = str(failure)
+        interrupted = isinstance(error, KeyboardInterrupt)
+        upsert_run(db, run_dir, {
+            "state": "interrupted" if interrupted else "failed", "iteration": saved,
+            "last_loss": last_loss, "error": None if interrupted else _describe(error),
+            "checkpoint_error": checkpoint_error,
+        })  # fmt: skip
+        raise
+    finally:
+        writer.close()
+    state = "finished" if iteration >= iterations else "interrupted"
+    upsert_run(db, run_dir, {
+        "state": state, "iteration": iteration, "last_loss": last_loss,
+        "stopped_by": stop.requested,
+    })  # fmt: skip
+    return TrainResult(done, iteration, state, last_loss)
+
+
+def _describe(error: BaseException) -> str:
+    lines = traceback.format_exception_only(type(error), error)
+    return "".join(lines).strip()

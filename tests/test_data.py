@@ -1,0 +1,186 @@
+"""Volumes: ingest HDF5/TIFF into zarr, open zarr/N5 with metadata, crops, the viewer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gunpowder as gp
+import h5py
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from connecto import ConnectoError
+from connecto.data.ingest import DONE_ATTR, ingest
+from connecto.data.synthetic import class_properties, make_volume
+from connecto.data.viewer import plan_layers
+from connecto.data.volumes import normalize_raw, open_raw, read_crop
+from tests.conftest import SHARED_DATA
+
+NEUROPROOF = SHARED_DATA / "neuroproof_medulla_ts2" / "neuroproof_ts2_raw_gt.h5"
+
+
+@pytest.fixture
+def small_h5(tmp_path: Path) -> Path:
+    path = tmp_path / "small.h5"
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "w") as f:
+        raw = f.create_dataset("volumes/raw", data=rng.integers(0, 255, (20, 30, 40), np.uint8))
+        raw.attrs["resolution"] = (40, 4, 4)
+        raw.attrs["offset"] = (80, 8, 4)
+        labels = f.create_dataset("volumes/labels", data=rng.integers(0, 9, raw.shape, np.uint64))
+        labels.attrs.update(resolution=(40, 4, 4), offset=(80, 8, 4))
+        f.create_dataset("meta/table", data=np.zeros((5, 2)))  # 2D: not a volume
+    return path
+
+
+def test_ingest_real_hdf5_through_the_cli(tmp_path: Path, connecto) -> None:
+    if not NEUROPROOF.is_file():
+        pytest.skip(f"shared data missing: {NEUROPROOF}")
+    out = tmp_path / "np.zarr"
+    result = connecto("data", "ingest", NEUROPROOF, out, "--dataset", "volumes/raw")
+    assert result.returncode == 0, result.stderr
+    assert "voxel size [10, 10, 10]" in result.stdout
+    assert json.loads((out / ".zgroup").read_text())["zarr_format"] == 2
+    array = open_raw(out, "volumes/raw")
+    assert tuple(array.voxel_size) == (10, 10, 10) and tuple(array.roi.offset) == (0, 0, 0)
+    stored = zarr.open(str(out / "volumes/raw"))
+    assert stored.attrs["resolution"] == [10, 10, 10]  # gunpowder's ZarrSource reads this
+    assert stored.compressor is not None and stored.chunks[0] < stored.shape[0]
+    with h5py.File(NEUROPROOF, "r") as f:
+        expected = f["volumes/raw"][100:140, 50:90, 60:120]
+    np.testing.assert_array_equal(stored[100:140, 50:90, 60:120], expected)
+    key = gp.ArrayKey("NP_RAW")
+    source = gp.ZarrSource(str(out), {key: "volumes/raw"})
+    request = gp.BatchRequest()
+    request[key] = gp.ArraySpec(roi=gp.Roi((1000, 500, 600), (400, 400, 600)))
+    with gp.build(source):
+        batch = source.request_batch(request)
+    np.testing.assert_array_equal(batch[key].data, expected)
+
+
+def test_ingest_defaults_to_all_volumes_and_hdf5_metadata(small_h5: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.zarr"
+    results = ingest(small_h5, out, chunks=(8, 16, 16), progress=False)
+    assert [r.name for r in results] == ["volumes/labels", "volumes/raw"]
+    raw = open_raw(out, "volumes/raw")
+    assert tuple(raw.voxel_size) == (40, 4, 4) and tuple(raw.roi.offset) == (80, 8, 4)
+    labels = zarr.open(str(out / "volumes/labels"))
+    assert labels.dtype == np.uint64 and labels.attrs[DONE_ATTR] == 20
+    # a rerun skips finished datasets
+    assert all(r.skipped for r in ingest(small_h5, out, progress=False))
+
+
+def test_ingest_resumes_an_interrupted_copy(small_h5: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.zarr"
+    ingest(small_h5, out, ["volumes/raw"], chunks=(8, 16, 16), progress=False)
+    stored = zarr.open(str(out / "volumes/raw"))
+    stored[8:] = 0  # as if it had stopped after the first slab
+    stored.attrs[DONE_ATTR] = 8
+    (result,) = ingest(small_h5, out, ["volumes/raw"], chunks=(8, 16, 16), progress=False)
+    assert not result.skipped
+    with h5py.File(small_h5, "r") as f:
+        np.testing.assert_array_equal(stored[:], f["volumes/raw"][:])
+
+
+@pytest.mark.parametrize("layout", ["directory", "multipage"])
+def test_ingest_tiff_stacks(tmp_path: Path, layout: str, connecto) -> None:
+    stack = np.random.default_rng(2).integers(0, 60000, (7, 24, 20), dtype=np.uint16)
+    if layout == "directory":
+        source = tmp_path / "sections"
+        source.mkdir()
+        for z, section in enumerate(stack):
+            tifffile.imwrite(source / f"s{z:03d}.tif", section)
+    else:
+        source = tmp_path / "stack.tif"
+        tifffile.imwrite(source, stack)
+    out = tmp_path / "t.zarr"
+    result = connecto(
+        "data", "ingest", source, out, "--dataset", "em", "--voxel-size", "30,8,8",
+        "--offset", "60,0,16", "--chunks", "4,8,8",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    array = open_raw(out, "em")
+    assert tuple(array.voxel_size) == (30, 8, 8) and tuple(array.roi.offset) == (60, 0, 16)
+    np.testing.assert_array_equal(array[array.roi], stack)
+
+
+def test_bad_ingest_input_changes_nothing(small_h5: Path, tmp_path: Path, connecto) -> None:
+    out = tmp_path / "never.zarr"
+    missing = connecto("data", "ingest", small_h5, out, "--dataset", "volumes/nope")
+    assert missing.returncode == 1
+    assert "no dataset 'volumes/nope'" in missing.stderr and "volumes/raw" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    tiff = tmp_path / "s.tif"
+    tifffile.imwrite(tiff, np.zeros((3, 8, 8), np.uint8))
+    no_size = connecto("data", "ingest", tiff, out)
+    assert no_size.returncode == 1 and "--voxel-size" in no_size.stderr
+    bad_offset = connecto(
+        "data", "ingest", tiff, out, "--voxel-size", "40,4,4", "--offset", "1,0,0"
+    )
+    assert bad_offset.returncode == 1 and "multiple of the voxel size" in bad_offset.stderr
+    assert not out.exists()
+
+
+def test_open_raw_reads_n5_with_gunpowder_resolution(tmp_path: Path) -> None:
+    container = tmp_path / "fafb.n5"
+    root = zarr.open_group(zarr.N5FSStore(str(container)), mode="w")
+    data = np.arange(4 * 10 * 12, dtype=np.uint8).reshape(4, 10, 12)
+    array = root.create_dataset("volumes/raw/s0", data=data, chunks=(2, 5, 6))
+    array.attrs["resolution"] = [4, 8, 40]  # N5 metadata is x, y, z
+    array.attrs["offset"] = [8, 16, 80]
+    raw = open_raw(container, "volumes/raw/s0")
+    assert tuple(raw.voxel_size) == (40, 8, 4) and tuple(raw.roi.offset) == (80, 16, 8)
+    np.testing.assert_array_equal(raw[raw.roi], data)
+    with pytest.raises(ConnectoError, match="no dataset 'volumes/raw/s1'.*volumes/raw/s0"):
+        open_raw(container, "volumes/raw/s1")
+    with pytest.raises(ConnectoError, match="no such zarr/N5 container"):
+        open_raw(tmp_path / "absent.zarr", "raw")
+
+
+def test_read_crop_centres_and_pads_like_training(small_h5: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.zarr"
+    ingest(small_h5, out, ["volumes/raw"], progress=False)
+    raw = open_raw(out, "volumes/raw")  # voxel size (40, 4, 4), offset (80, 8, 4)
+    crop = read_crop(raw, (80 + 40 * 10, 8 + 4 * 15, 4 + 4 * 20), (4, 6, 8))
+    with h5py.File(small_h5, "r") as f:
+        expected = f["volumes/raw"][8:12, 12:18, 16:24]
+    np.testing.assert_allclose(crop, normalize_raw(expected))
+    assert crop.dtype == np.float32 and -1 <= crop.min() and crop.max() <= 1
+    corner = read_crop(raw, (80, 8, 4), (4, 6, 8))  # half outside: padded with raw 0
+    assert np.all(corner[:2] == -1.0) and np.all(corner[:, :3] == -1.0)
+    np.testing.assert_allclose(normalize_raw(np.array([0, 255], np.uint8)), [-1.0, 1.0])
+
+
+def test_viewer_plans_a_layer_per_volume(small_h5: Path, tmp_path: Path, connecto) -> None:
+    out = tmp_path / "out.zarr"
+    ingest(small_h5, out, progress=False)
+    layers, skipped = plan_layers(out)
+    assert {(layer.name, layer.kind) for layer in layers} == {
+        ("volumes/raw", "image"),
+        ("volumes/labels", "segmentation"),
+    }
+    assert skipped == []
+    result = connecto("view", out, "--print-only")
+    assert result.returncode == 0, result.stderr
+    assert "layer volumes/raw: image" in result.stdout
+    assert "layer volumes/labels: segmentation" in result.stdout
+
+
+def test_synthetic_volume_is_em_like_and_class_dependent() -> None:
+    raw, synapses = make_volume(60, 3, seed=3)
+    assert raw.dtype == np.uint8 and raw.ndim == 3
+    assert 80 < raw.mean() < 200 and raw.std() > 20
+    section_means = raw.reshape(raw.shape[0], -1).mean(axis=1)
+    assert section_means.std() > 1.0  # section-wise contrast changes
+    assert sorted({s.class_index for s in synapses}) == [0, 1, 2]
+    assert len({s.voxel for s in synapses}) == 60
+    # the synapse neighbourhood is darker than the volume, and classes differ in look
+    properties = [class_properties(i, 3) for i in range(3)]
+    assert len({p["vesicle_radius"] for p in properties}) == 3
+    z, y, x = synapses[0].voxel
+    assert raw[z, y - 12 : y + 13, x - 12 : x + 13].mean() < raw.mean()
+    again, same = make_volume(60, 3, seed=3)
+    np.testing.assert_array_equal(raw, again)

@@ -1,0 +1,147 @@
+"""Post-processing on real data: affinities computed from the NeuroProof ground truth
+(perfect predictions) must give the ground truth back through fragments, the MongoDB
+segment graph, agglomeration and extraction; interrupted blockwise runs resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+from funlib.persistence import open_ds
+from funlib.persistence.types import Vec
+from pymongo import MongoClient
+
+from connecto.db.graph import MongoDBGraphDataBase
+from connecto.segment.config import load_segment_config
+from connecto.segment.tasks import apply_lut
+from connecto.segment.workflow import (
+    fragments,
+    gt_affinities,
+    lookup_table,
+    open_graph,
+)
+from tests.conftest import SHARED_DATA
+
+NEUROPROOF = SHARED_DATA / "neuroproof_medulla_ts2" / "neuroproof_ts2_raw_gt.h5"
+# a 64^3 crop (10 nm voxels) with 16 neurons; 8 blocks of 32^3
+CROP = [[1000, 1000, 1000], [640, 640, 640]]
+
+needs_neuroproof = pytest.mark.skipif(
+    not NEUROPROOF.is_file(), reason=f"the NeuroProof volume is not at {NEUROPROOF}"
+)
+
+
+def write_config(directory: Path, db_name: str, **extra: object) -> Path:
+    values = {
+        "labels_container": str(NEUROPROOF),
+        "roi": CROP,
+        "block_size": [32, 32, 32],
+        "context": [4, 4, 4],
+        "num_workers": 1,
+        "db_name": db_name,
+        "graph": "neuroproof_gt",
+        "thresholds": [0.25, 0.75],
+        **extra,
+    }
+    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in values.items()]
+    path = directory / "segment_config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_apply_lut_maps_listed_values_only():
+    data = np.array([[5, 7], [9, 0]], dtype=np.uint64)
+    lut = np.array([[9, 5], [1, 2]], dtype=np.uint64)
+    assert apply_lut(data, lut).tolist() == [[2, 7], [1, 0]]
+
+
+@needs_neuroproof
+def test_done_when_gt_affinities_segment_run_and_evaluate(
+    tmp_path: Path, db_name: str, tracking_db: str, mongo_client: MongoClient, connecto
+):
+    config = write_config(tmp_path, db_name)
+    made = connecto("segment", "gt-affinities", "-c", config, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    run = connecto("segment", "run", "-c", config, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "predict: skipped" in run.stdout and "best threshold" in run.stdout
+
+    db = mongo_client[db_name]
+    nodes, edges = db["neuroproof_gt_nodes"], db["neuroproof_gt_edges"]
+    assert nodes.count_documents({}) > 16  # fragments are cut at block boundaries
+    assert edges.count_documents({}) > 0
+    assert db["neuroproof_gt_blocks"].count_documents({}) == 16  # 8 fragment + 8 edge blocks
+    edge = edges.find_one({})
+    assert edge["u"] < edge["v"] and 0 <= edge["merge_score"] <= 1
+    # perfect affinities: touching fragments of one neuron have affinity 1, others 0
+    assert set(np.round([e["mean_affinity"] for e in edges.find({})], 6)) <= {0.0, 1.0}
+
+    evaluated = connecto("segment", "evaluate", "-c", config, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "VOI split" in evaluated.stdout
+    scores = list(mongo_client[tracking_db]["scores"].find({"kind": "segmentation"}))
+    assert len(scores) == 2 and sum(s["best"] for s in scores) == 1
+    best = next(s for s in scores if s["best"])
+    assert best["voi_split"] + best["voi_merge"] <= 0.1
+    assert best["arand"] < 0.05
+
+    # the extracted volume really is the ground truth up to relabelling
+    segmentation = open_ds(tmp_path / "segment.zarr" / "segmentation" / "threshold_0.25")
+    assert segmentation.roi.shape == (640, 640, 640)
+    assert len(np.unique(segmentation.to_ndarray(segmentation.roi))) >= 16
+
+    rerun = connecto("segment", "run", "-c", config, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "lookup tables reused" in rerun.stdout
+    assert nodes.count_documents({}) == len(list(nodes.find({}, {"_id": 1})))
+    assert db["neuroproof_gt_blocks"].count_documents({}) == 16
+
+
+@needs_neuroproof
+def test_fragments_resume_after_partial_run(tmp_path: Path, db_name: str):
+    config, base = load_segment_config(write_config(tmp_path, db_name, num_workers=2))
+    gt_affinities(config)
+    fragments(config, base)
+    graph = open_graph(config)
+    task = "fragments-extract-frags"
+    finished = {d["block_id"]: d["finished"] for d in graph.blocks.find({"task": task})}
+    all_nodes = {n["id"]: n["size"] for n in graph.read_nodes()}
+    assert len(finished) == 8 and sum(all_nodes.values()) > 0.99 * 64**3
+
+    # an interrupted run: three blocks never finished, their nodes partly written
+    lost = sorted(finished)[:3]
+    for doc in graph.blocks.find({"task": task, "block_id": {"$in": lost}}):
+        offset, shape = doc["roi"]
+        query = {
+            f"position.{d}": {"$gte": offset[d], "$lt": offset[d] + shape[d]} for d in range(3)
+        }
+        graph.nodes.delete_many(query)
+    graph.blocks.delete_many({"block_id": {"$in": lost}})
+    assert graph.num_nodes() < len(all_nodes)
+
+    fragments(config, base)
+    again = {d["block_id"]: d["finished"] for d in graph.blocks.find({"task": task})}
+    assert sorted(again) == sorted(finished)
+    assert all(again[b] == finished[b] for b in finished if b not in lost)  # skipped
+    assert all(again[b] > finished[b] for b in lost)  # redone
+    assert {n["id"]: n["size"] for n in graph.read_nodes()} == all_nodes
+
+
+def test_lookup_table_thresholds(mongo_client: MongoClient, db_name: str):
+    graph = MongoDBGraphDataBase(
+        mongo_client[db_name], mode="w", prefix="lut_",
+        node_attrs={"position": Vec(float, 3), "size": int}, edge_attrs={"merge_score": float},
+    )  # fmt: skip
+    chain = nx.Graph()
+    for i in (10, 20, 30, 40):
+        chain.add_node(i, position=(0.0, 0.0, float(i)), size=1)
+    chain.add_edge(20, 10, merge_score=0.1)
+    chain.add_edge(20, 30, merge_score=0.6)
+    chain.add_edge(30, 40, merge_score=0.9)
+    graph.write_graph(chain)
+    # segments are named by their smallest fragment
+    assert lookup_table(graph, 0.05).tolist() == [[10, 20, 30, 40], [10, 20, 30, 40]]
+    assert lookup_table(graph, 0.5).tolist() == [[10, 20, 30, 40], [10, 10, 30, 40]]
+    assert lookup_table(graph, 0.95).tolist() == [[10, 20, 30, 40], [10, 10, 10, 10]]

@@ -1,0 +1,146 @@
+"""Balanced splits of whole groups, written as `splits.<name>` on every synapse."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from connecto import ConnectoError
+from connecto.db.synapses import synapses_by_class, write_synapse_data
+from connecto.splits import _solve_greedy, make_split, parse_fractions
+
+CLASSES = ["acetylcholine", "gaba", "glutamate"]
+
+
+def build(db: Database, skeletons_per_class: dict[str, int], seed: int = 1) -> None:
+    """Skeletons of uneven sizes (like real neurons), spread over hemilineages and regions."""
+    rng = np.random.default_rng(seed)
+    synapses, skeletons = [], []
+    synapse_id = 0
+    skeleton_id = 0
+    for name, count in skeletons_per_class.items():
+        for _ in range(count):
+            skeleton_id += 1
+            skeletons.append(
+                {
+                    "skeleton_id": skeleton_id,
+                    "nt_known": [name],
+                    "hemilineage_id": skeleton_id % 12,
+                }
+            )
+            for _ in range(int(rng.integers(5, 60))):
+                synapse_id += 1
+                synapses.append(
+                    {
+                        "synapse_id": synapse_id,
+                        "x": float(synapse_id),
+                        "y": 0.0,
+                        "z": 0.0,
+                        "skeleton_id": skeleton_id,
+                        "brain_region": f"r{int(rng.integers(0, 15))}",
+                    }
+                )
+    hemilineages = [{"hemilineage_id": h, "name": f"h{h}"} for h in range(12)]
+    write_synapse_data(db, synapses, skeletons, hemilineages, progress=False)
+
+
+@pytest.fixture
+def db(mongo_client: MongoClient, db_name: str) -> Database:
+    database = mongo_client[db_name]
+    build(database, {"acetylcholine": 14, "gaba": 10, "glutamate": 8, "dopamine": 4})
+    return database
+
+
+def parts_of(db: Database, split: str, field: str) -> dict[object, set[str]]:
+    seen: dict[object, set[str]] = defaultdict(set)
+    for doc in db.synapses.find({}, {field: 1, "splits": 1}):
+        part = (doc.get("splits") or {}).get(split)
+        if part is not None:
+            seen[doc.get(field)].add(part)
+    return seen
+
+
+def test_skeleton_split_keeps_skeletons_whole_and_balances(db: Database) -> None:
+    report = make_split(db, "skeleton", "s", (0.6, 0.2, 0.2), CLASSES)
+    assert all(len(parts) == 1 for parts in parts_of(db, "s", "skeleton_id").values())
+    labelled = db.synapses.count_documents({"splits.s": {"$exists": True}})
+    dopamine = {d["skeleton_id"] for d in db.skeletons.find({"nt_known": ["dopamine"]})}
+    assert labelled == db.synapses.count_documents({"skeleton_id": {"$nin": list(dopamine)}})
+    assert report.written == labelled
+    unlabelled = {"skeleton_id": {"$in": list(dopamine)}, "splits.s": {"$exists": True}}
+    assert db.synapses.count_documents(unlabelled) == 0
+    for name in CLASSES:
+        for part in ("train", "validation", "test"):
+            assert report.counts[name][part] > 0
+    assert report.max_deviation < 0.06, report.counts
+    # what training reads back agrees with the report
+    train = synapses_by_class(db, "s", "train", CLASSES)
+    assert {c: len(v) for c, v in train.items()} == {c: report.counts[c]["train"] for c in CLASSES}
+
+
+@pytest.mark.parametrize(("by", "field"), [("hemilineage", None), ("brain_region", "brain_region")])
+def test_group_splits_keep_groups_whole(db: Database, by: str, field: str | None) -> None:
+    report = make_split(db, by, "g", (0.5, 0.25, 0.25), CLASSES)
+    if field:
+        groups = parts_of(db, "g", field)
+    else:
+        hemilineage = {d["skeleton_id"]: d["hemilineage_id"] for d in db.skeletons.find()}
+        groups = defaultdict(set)
+        for skeleton, parts in parts_of(db, "g", "skeleton_id").items():
+            groups[hemilineage[skeleton]] |= parts
+    assert groups and all(len(parts) == 1 for parts in groups.values())
+    assert sum(report.groups.values()) == len(groups)
+
+
+def test_existing_split_needs_overwrite(db: Database) -> None:
+    make_split(db, "skeleton", "s", classes=["gaba", "glutamate"], seed=1)
+    before = sorted((d["synapse_id"], d.get("splits")) for d in db.synapses.find())
+    with pytest.raises(ConnectoError, match="split 's' already exists.*--overwrite"):
+        make_split(db, "skeleton", "s", classes=CLASSES)
+    assert sorted((d["synapse_id"], d.get("splits")) for d in db.synapses.find()) == before
+    make_split(db, "skeleton", "s", classes=["acetylcholine"], seed=2, overwrite=True)
+    ach = {d["skeleton_id"] for d in db.skeletons.find({"nt_known": ["acetylcholine"]})}
+    for doc in db.synapses.find({"splits.s": {"$exists": True}}):
+        assert doc["skeleton_id"] in ach  # no stale labels from the first split
+
+
+def test_too_few_groups_names_the_class(mongo_client: MongoClient, db_name: str) -> None:
+    db = mongo_client[db_name]
+    build(db, {"gaba": 5, "glutamate": 2})
+    with pytest.raises(ConnectoError, match="class 'glutamate' has 2 skeleton group"):
+        make_split(db, "skeleton", "s")
+    assert db.synapses.count_documents({"splits": {"$exists": True}}) == 0
+
+
+def test_bad_arguments(db: Database) -> None:
+    with pytest.raises(ConnectoError, match="expected three non-negative numbers"):
+        parse_fractions("0.8,0.3,0.1")
+    with pytest.raises(ConnectoError, match="--by 'neuron'"):
+        make_split(db, "neuron", "s")
+    with pytest.raises(ConnectoError, match="class\\(es\\) serotonin"):
+        make_split(db, "skeleton", "s", classes=["serotonin"])
+    with pytest.raises(ConnectoError, match="split name 'a.b'"):
+        make_split(db, "skeleton", "a.b")
+
+
+def test_greedy_fallback_is_balanced() -> None:
+    rng = np.random.default_rng(0)
+    n = np.zeros((90, 3))
+    n[np.arange(90), np.arange(90) % 3] = rng.integers(5, 500, size=90)
+    assignment = _solve_greedy(n, np.array([0.8, 0.1, 0.1]))
+    for c in range(3):
+        share = n[assignment == 0, c].sum() / n[:, c].sum()
+        assert abs(share - 0.8) < 0.05
+
+
+def test_cli_split(connecto, db: Database) -> None:
+    done = connecto("split", "--db", db.name, "--by", "skeleton", "--name", "cli",
+                    "--classes", "gaba,glutamate", "--fractions", "0.6,0.2,0.2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "largest deviation from target" in done.stdout and "gaba" in done.stdout
+    again = connecto("split", "--db", db.name, "--by", "skeleton", "--name", "cli")
+    assert again.returncode == 1 and "already exists" in again.stderr
