@@ -106,11 +106,14 @@ def throughput(work: Path, db_name: str, n_nodes: int = 20_000, n_edges: int = 5
     positions = rng.uniform(0, 2500, size=(n_nodes, 3))
     for i, p in enumerate(positions, start=1):
         graph.add_node(i, position=tuple(p), size=int(rng.integers(1, 1000)))
-    while graph.number_of_edges() < n_edges:
-        u, v = rng.integers(1, n_nodes + 1, size=2)
-        if u != v:
-            graph.add_edge(int(u), int(v), merge_score=float(rng.random()),
-                           mean_affinity=float(rng.random()))  # fmt: skip
+    pairs = np.sort(rng.integers(1, n_nodes + 1, size=(2 * n_edges, 2)), axis=1)
+    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
+    pairs = pairs[rng.permutation(len(pairs))[:n_edges]]
+    scores = rng.random((n_edges, 2))
+    graph.add_edges_from(
+        (int(u), int(v), {"merge_score": float(a), "mean_affinity": float(b)})
+        for (u, v), (a, b) in zip(pairs, scores, strict=True)
+    )
     node_attrs = {"position": Vec(float, 3), "size": int}
     edge_attrs = {"merge_score": float, "mean_affinity": float}
     mongo = MongoDBGraphDataBase(

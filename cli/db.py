@@ -149,9 +149,14 @@ def stats_command(db: str = DB_OPTION) -> None:
         )
     console.print(table)
     if stats["splits"]:
-        table = Table("split", *PARTS, "total")
+        table = Table("split", *PARTS, "total", title="synapses (skeletons) per split part")
         for name, parts in stats["splits"].items():
-            table.add_row(name, *(str(parts[p]) for p in PARTS), str(sum(parts.values())))
+            skeletons = stats["split_skeletons"][name]
+            table.add_row(
+                name,
+                *(f"{parts[p]} ({skeletons[p]})" for p in PARTS),
+                f"{sum(parts.values())} ({sum(skeletons.values())})",
+            )
         console.print(table)
     else:
         typer.echo("no splits yet (`connecto split` makes one)")

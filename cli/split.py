@@ -33,6 +33,7 @@ def split_command(
         [c.strip() for c in classes.split(",") if c.strip()] if classes else None,
         seed=seed,
         overwrite=overwrite,
+        progress=True,
     )
     table = Table(
         "class", *(f"{p} ({f:.0%})" for p, f in zip(PARTS, report.fractions, strict=True)), "total"

@@ -19,17 +19,18 @@ DEMO_DIR = Path(os.environ.get("CONNECTO_DEMO_DIR", "demo_out")).resolve()
 DATA_DB = os.environ.get("CONNECTO_DEMO_DB", "connecto_demo")
 CLASSES = ["gaba", "acetylcholine", "glutamate"]
 SYNAPSES = 600
-ITERATIONS = 300
+ITERATIONS = 400
 SAVE_EVERY = 100
 # small enough to train in minutes on two CPU cores, big enough to see a synapse
 MODEL = [
-    "input_shape=[8,48,48]",
-    "fmaps=6",
+    "input_shape=[8,32,32]",
+    "fmaps=4",
     "fmap_inc=[2,2]",
-    "n_convolutions=[1,1]",
+    "n_convolutions=[2,2]",
     "downsample_factors=[[1,2,2],[2,2,2]]",
-    "batch_size=8",
-    "learning_rate=0.0005",
+    "classifier_width=64",
+    "batch_size=4",
+    "learning_rate=0.001",
     "seed=1",
 ]
 
@@ -71,6 +72,7 @@ def main() -> None:
         "raw_dataset=raw",
         f"save_every={SAVE_EVERY}",
         f"snapshot_every={ITERATIONS}",
+        "worker.num_cpus=2",
         "worker.num_cache_workers=1",
     ]
     connecto("prepare-training", "-d", DEMO_DIR, "-e", "demo", "-t", "0",

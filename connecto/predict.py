@@ -73,10 +73,15 @@ def _matching_setup(train: TrainSetup, iteration: int, split_part: str) -> Predi
 
 
 def predict_setups_for(
-    train: TrainSetup, split_part: str, iterations: Sequence[int] | None, all_checkpoints: bool
+    train: TrainSetup,
+    split_part: str,
+    iterations: Sequence[int] | None,
+    all_checkpoints: bool,
+    overwrite: bool = False,
 ) -> list[PredictSetup]:
     """The predict setups of `train` for these iterations (default: the latest
-    checkpoint), reusing existing ones for the same checkpoint and split part."""
+    checkpoint), reusing existing ones for the same checkpoint and split part. Nothing is
+    created when a request is refused (an absent checkpoint, a complete collection)."""
     available = train.checkpoints()
     if all_checkpoints:
         chosen = available
@@ -92,9 +97,10 @@ def predict_setups_for(
             f"{train.path}: no checkpoint for iteration(s) {absent}; "
             f"available: {available or 'none'}"
         )
+    existing = {it: _matching_setup(train, it, split_part) for it in chosen}
+    refuse_complete([s for s in existing.values() if s is not None], overwrite)
     setups = []
-    for iteration in chosen:
-        setup = _matching_setup(train, iteration, split_part)
+    for iteration, setup in existing.items():
         if setup is None:
             [(setup, _)] = prepare_prediction(train, [iteration], split_part)
         setups.append(setup)
@@ -115,6 +121,7 @@ def predict(
     """`connecto predict` run in `path` (a train or a predict setup)."""
     if split is not None and split not in SPLIT_PARTS:
         raise ConnectoError(f"--split {split!r}: expected validation or test")
+    check_run_options(workers, batch_size)
     setup = find_setup(path)
     if isinstance(setup, PredictSetup):
         if iterations or all_checkpoints:
@@ -126,11 +133,11 @@ def predict(
         if split is not None and split != part:
             raise ConnectoError(f"{setup.path} predicts the {part} part, not --split {split}")
         setups = [setup]
+        refuse_complete(setups, overwrite)
     else:
         if split is None:
             raise ConnectoError("give --split validation or --split test")
-        setups = predict_setups_for(setup, split, iterations, all_checkpoints)
-    refuse_complete(setups, overwrite)
+        setups = predict_setups_for(setup, split, iterations, all_checkpoints, overwrite)
     runs = []
     for predict_setup in setups:
         log(f"predicting with {predict_setup.path}")
@@ -167,6 +174,13 @@ def split_synapses(config: SynapsePredictConfig) -> list[dict[str, Any]]:
     return sorted(synapses, key=lambda s: s["synapse_id"])
 
 
+def check_run_options(workers: int, batch_size: int | None) -> None:
+    if workers < 1:
+        raise ConnectoError(f"--workers {workers}: must be at least 1")
+    if batch_size is not None and batch_size < 1:
+        raise ConnectoError(f"--batch-size {batch_size}: must be at least 1")
+
+
 def refuse_complete(setups: Sequence[PredictSetup], overwrite: bool) -> None:
     """Before predicting anything: refuse if any setup's collection is already complete
     (and neither --overwrite nor its config allows replacing it)."""
@@ -194,15 +208,12 @@ def run_prediction(
     progress: bool = True,
 ) -> PredictionRun:
     """Predict (or finish predicting) the split part of one predict setup."""
-    if workers < 1:
-        raise ConnectoError(f"--workers {workers}: must be at least 1")
+    check_run_options(workers, batch_size)
     config = setup.predict_config()
     checkpoint = Path(config.train_checkpoint)
     if not checkpoint.is_file():
         raise ConnectoError(f"{setup.path}: checkpoint {checkpoint} does not exist")
     batch = batch_size or config.batch_size
-    if batch < 1:
-        raise ConnectoError(f"--batch-size {batch}: must be at least 1")
     synapses = split_synapses(config)
     if not synapses:
         raise ConnectoError(
@@ -250,7 +261,7 @@ def run_prediction(
         database=database,
         collection=name,
         batch_size=batch,
-        threads=max(1, (os.cpu_count() or 1) // workers),
+        threads=prediction_threads(setup.worker_config().num_cpus, workers),
     )
     state, error = "done", None
     try:
@@ -298,6 +309,14 @@ class _Job:
     collection: str
     batch_size: int
     threads: int
+
+
+def prediction_threads(num_cpus: int, workers: int) -> int:
+    """Torch threads per worker: the job's CPUs (at most the machine's) less one for
+    reading crops and writing documents, shared by the workers. More threads than free
+    cores makes every forward pass several times slower."""
+    cpus = min(num_cpus, os.cpu_count() or 1)
+    return max(1, (cpus - 1) // workers)
 
 
 def prediction_device() -> str:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
-from pymongo import UpdateMany
 from pymongo.database import Database
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import lil_matrix
+from tqdm import tqdm
 
 from connecto import ConnectoError
 from connecto.db.synapses import (
@@ -25,6 +27,7 @@ from connecto.db.synapses import (
     SKELETONS,
     SYNAPSES,
     class_of_skeletons,
+    retry_write,
     valid_split_name,
 )
 
@@ -33,6 +36,7 @@ GROUP_BY: tuple[str, ...] = ("skeleton", "hemilineage", "brain_region")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 # Near-perfect balances come within a second; proving optimality can take much longer.
 DEFAULT_TIME_LIMIT_S = 1.0
+WRITE_BATCH = 5000  # synapses per update: short server calls, cheap to resend
 
 
 @dataclass
@@ -209,7 +213,7 @@ class SplitPlan:
     """Which synapses go to which part: the report plus the write it needs."""
 
     report: SplitReport
-    queries: dict[str, dict[str, Any]]  # part -> synapse query
+    queries: dict[str, list[dict[str, Any]]]  # part -> synapse queries, one per write batch
 
 
 def plan_split(
@@ -292,32 +296,52 @@ def plan_split(
         for c, class_name in enumerate(chosen):
             report.counts[class_name][part] += int(n[g, c])
     chosen_skeletons = [s for s, c in skeleton_class.items() if c in chosen]
-    queries: dict[str, dict[str, Any]] = {}
+    queries: dict[str, list[dict[str, Any]]] = {p: [] for p in PARTS}
     for part in PARTS:
-        if not groups_per_part[part]:
-            continue
-        if by == "brain_region":
-            queries[part] = {
-                "brain_region": {"$in": groups_per_part[part]},
-                "skeleton_id": {"$in": chosen_skeletons},
-            }
-        else:
-            queries[part] = {"skeleton_id": {"$in": skeletons_per_part[part]}}
+        for batch in _batches(groups_per_part[part], lambda g: sum(counts[g].values())):
+            if by == "brain_region":
+                query = {"brain_region": {"$in": batch}, "skeleton_id": {"$in": chosen_skeletons}}
+            else:
+                skeletons = [s for group in batch for s in members[group]]
+                query = {"skeleton_id": {"$in": skeletons}}
+            queries[part].append(query)
     report.seconds = time.perf_counter() - start
     return SplitPlan(report=report, queries=queries)
 
 
-def write_split(db: Database, plan: SplitPlan, overwrite: bool = False) -> SplitReport:
-    """Write `splits.<name>` in one ordered bulk write: drop old labels, one update per part."""
+def _batches(groups: list[Any], size: Callable[[Any], int]) -> Iterator[list[Any]]:
+    """Groups in batches of about WRITE_BATCH synapses (a group is never cut)."""
+    batch: list[Any] = []
+    total = 0
+    for group in groups:
+        if batch and total + size(group) > WRITE_BATCH:
+            yield batch
+            batch, total = [], 0
+        batch.append(group)
+        total += size(group)
+    if batch:
+        yield batch
+
+
+def write_split(
+    db: Database, plan: SplitPlan, overwrite: bool = False, progress: bool = False
+) -> SplitReport:
+    """Write `splits.<name>`: first drop the old labels (with `overwrite`), then one update per
+    batch of groups. The updates are idempotent, so a batch whose connection dropped is simply
+    sent again; a run that died midway is completed by running the split with --overwrite."""
     start = time.perf_counter()
-    key = f"splits.{plan.report.name}"
-    operations: list[UpdateMany] = []
-    if overwrite:
-        operations.append(UpdateMany({key: {"$exists": True}}, {"$unset": {key: ""}}))
-    operations += [UpdateMany(q, {"$set": {key: part}}) for part, q in plan.queries.items()]
-    db[SYNAPSES].bulk_write(operations, ordered=True)
     report = plan.report
-    report.written = sum(sum(parts.values()) for parts in report.counts.values())
+    key = f"splits.{report.name}"
+    coll = db[SYNAPSES]
+    total = sum(sum(parts.values()) for parts in report.counts.values())
+    with tqdm(total=total, desc=f"split {report.name}", unit="syn", disable=not progress) as bar:
+        if overwrite:
+            retry_write(partial(coll.update_many, {key: {"$exists": True}}, {"$unset": {key: ""}}))
+        for part, queries in plan.queries.items():
+            for query in queries:
+                result = retry_write(partial(coll.update_many, query, {"$set": {key: part}}))
+                bar.update(result.matched_count)
+    report.written = total
     report.write_seconds = time.perf_counter() - start
     return report
 
@@ -331,6 +355,7 @@ def make_split(
     seed: int = 0,
     overwrite: bool = False,
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    progress: bool = False,
 ) -> SplitReport:
     """Assign whole groups to train/validation/test and write `splits.<name>` on their synapses.
 
@@ -339,4 +364,4 @@ def make_split(
     equally good assignments can differ between seeds.
     """
     plan = plan_split(db, by, name, fractions, classes, seed, overwrite, time_limit_s)
-    return write_split(db, plan, overwrite)
+    return write_split(db, plan, overwrite, progress)

@@ -17,6 +17,7 @@ from connecto.db.predictions import write_predictions
 from connecto.evaluate.synapses import (
     Scores,
     confusion_matrix,
+    evaluate,
     evaluate_documents,
     save_plots,
     skeleton_votes,
@@ -179,3 +180,20 @@ def test_fafb_neuron_votes_match_published(fafb_documents: list[dict]) -> None:
     # the stated tie rule (first class in order wins) also gives the published labels
     assert len(tied) > 0
     assert all(votes[s] == published[s] for s in tied)
+
+
+def test_evaluate_named_collections(
+    tmp_path: Path, mongo_client: MongoClient, db_name: str, tracking_db: str
+) -> None:
+    documents = [doc(1, 1, A, A), doc(2, 1, A, B), doc(3, 2, B, B), doc(4, 3, C, C)]
+    write_predictions(mongo_client[f"{db_name}_predictions"]["skeleton_x_t0_p0"], documents)
+    [evaluation] = evaluate(tmp_path, ["skeleton_x_t0_p0"], db_name, out_dir=tmp_path / "out")
+    assert evaluation.synapse.accuracy == pytest.approx(3 / 4)
+    assert evaluation.skeleton.accuracy == pytest.approx(1.0)  # skeleton 1: a/b tie -> a
+    assert (tmp_path / "out" / "skeleton_x_t0_p0.png").is_file()
+    stored = mongo_client[tracking_db]["scores"].find_one({"collection": "skeleton_x_t0_p0"})
+    assert stored["key"] == f"{db_name}_predictions.skeleton_x_t0_p0"
+    with pytest.raises(ConnectoError, match="no predictions"):
+        evaluate(tmp_path, ["absent"], db_name, out_dir=tmp_path / "out")
+    with pytest.raises(ConnectoError, match="--db"):
+        evaluate(tmp_path, ["skeleton_x_t0_p0"])

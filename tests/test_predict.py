@@ -33,6 +33,7 @@ SMALL_MODEL = [
     "fmap_inc=[2,2]",
     "n_convolutions=[1,1]",
     "downsample_factors=[[1,2,2],[2,2,2]]",
+    "classifier_width=64",
     "batch_size=4",
 ]
 
@@ -193,8 +194,12 @@ def test_bad_requests_name_the_problem(env: Env) -> None:
         predict(env.train.path, "train")
     with pytest.raises(ConnectoError, match="not inside a setup directory"):
         predict(env.train.base, "test")
-    with pytest.raises(ConnectoError, match="at least 1"):
-        predict(env.train.path, "validation", [10], overwrite=True, workers=0)
+    before = len(env.train.predict_setups())
+    with pytest.raises(ConnectoError, match="--workers 0: must be at least 1"):
+        predict(env.train.path, "test", [10], workers=0)
+    with pytest.raises(ConnectoError, match="--batch-size 0: must be at least 1"):
+        predict(env.train.path, "test", [10], batch_size=0)
+    assert len(env.train.predict_setups()) == before
 
 
 def test_all_checkpoints_refused_as_a_whole_then_select_best(env: Env) -> None:
@@ -205,7 +210,7 @@ def test_all_checkpoints_refused_as_a_whole_then_select_best(env: Env) -> None:
     setups: list[PredictSetup] = env.train.predict_setups()
     assert {s.predict_config().iteration for s in setups if
             s.predict_config().split_part == "validation"} == {10, 20}  # fmt: skip
-    assert len(setups) >= before
+    assert len(setups) == before  # refused as a whole: no new setup either
     best = run(env, "evaluate", "--select-best", "--split", "validation", cwd=env.train.path)
     assert best.returncode == 0, best.stderr
     assert "best checkpoint: iteration" in best.stdout

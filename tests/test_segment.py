@@ -145,3 +145,11 @@ def test_lookup_table_thresholds(mongo_client: MongoClient, db_name: str):
     assert lookup_table(graph, 0.05).tolist() == [[10, 20, 30, 40], [10, 20, 30, 40]]
     assert lookup_table(graph, 0.5).tolist() == [[10, 20, 30, 40], [10, 10, 30, 40]]
     assert lookup_table(graph, 0.95).tolist() == [[10, 20, 30, 40], [10, 10, 10, 10]]
+    # mutex watershed agrees on a chain, but a strong repulsion outweighs a path of weak
+    # attractions where connected components would merge everything
+    assert lookup_table(graph, 0.5, "mutex_watershed").tolist()[1] == [10, 10, 30, 40]
+    chain.add_edge(10, 40, merge_score=1.0)
+    graph.write_graph(chain)
+    assert lookup_table(graph, 0.92, "connected_components").tolist()[1] == [10, 10, 10, 10]
+    split = lookup_table(graph, 0.92, "mutex_watershed").tolist()[1]
+    assert split == [10, 10, 10, 40]

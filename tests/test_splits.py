@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
+from typer.testing import CliRunner
 
-from connecto import ConnectoError
-from connecto.db.synapses import synapses_by_class, write_synapse_data
+from cli.main import app
+from connecto import ConnectoError, splits
+from connecto.db.synapses import PARTS, synapse_stats, synapses_by_class, write_synapse_data
 from connecto.splits import _solve_greedy, make_split, parse_fractions
 
 CLASSES = ["acetylcholine", "gaba", "glutamate"]
@@ -77,6 +80,9 @@ def test_skeleton_split_keeps_skeletons_whole_and_balances(db: Database) -> None
         for part in ("train", "validation", "test"):
             assert report.counts[name][part] > 0
     assert report.max_deviation < 0.06, report.counts
+    stats = synapse_stats(db)
+    assert stats["splits"]["s"] == {p: sum(report.counts[c][p] for c in CLASSES) for p in PARTS}
+    assert stats["split_skeletons"]["s"] == report.groups  # by skeleton: a group is a skeleton
     # what training reads back agrees with the report
     train = synapses_by_class(db, "s", "train", CLASSES)
     assert {c: len(v) for c, v in train.items()} == {c: report.counts[c]["train"] for c in CLASSES}
@@ -137,10 +143,31 @@ def test_greedy_fallback_is_balanced() -> None:
         assert abs(share - 0.8) < 0.05
 
 
-def test_cli_split(connecto, db: Database) -> None:
-    done = connecto("split", "--db", db.name, "--by", "skeleton", "--name", "cli",
-                    "--classes", "gaba,glutamate", "--fractions", "0.6,0.2,0.2")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "largest deviation from target" in done.stdout and "gaba" in done.stdout
-    again = connecto("split", "--db", db.name, "--by", "skeleton", "--name", "cli")
-    assert again.returncode == 1 and "already exists" in again.stderr
+def test_cli_split(db: Database) -> None:
+    args = ["split", "--db", db.name, "--by", "skeleton", "--name", "cli",
+            "--classes", "gaba,glutamate", "--fractions", "0.6,0.2,0.2"]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "largest deviation from target" in done.output and "gaba" in done.output
+    assert db.synapses.count_documents({"splits.cli": "validation"}) > 0
+
+
+def test_batched_writes_resent_after_dropped_connection(
+    db: Database, mongo_client: MongoClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(splits, "WRITE_BATCH", 100)
+    plan = splits.plan_split(db, "skeleton", "b", classes=CLASSES)
+    assert sum(len(q) for q in plan.queries.values()) > len(PARTS)  # several batches per part
+    try:
+        mongo_client.admin.command(
+            "configureFailPoint", "failCommand", mode={"times": 1},
+            data={"failCommands": ["update"], "closeConnection": True},
+        )  # fmt: skip
+    except OperationFailure:
+        pytest.skip("this server does not enable test commands (configureFailPoint)")
+    try:
+        report = splits.write_split(db, plan)
+    finally:
+        mongo_client.admin.command("configureFailPoint", "failCommand", mode="off")
+    assert all(len(parts) == 1 for parts in parts_of(db, "b", "skeleton_id").values())
+    assert db.synapses.count_documents({"splits.b": {"$exists": True}}) == report.written

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
+from typer.testing import CliRunner
 
+from cli.main import app
 from connecto import ConnectoError
 from connecto.db import synapses as synapse_db
 from connecto.db.synapses import (
@@ -133,7 +136,9 @@ def test_manc_split_by_skeleton_is_balanced(manc_db: Database) -> None:
     classes = ["acetylcholine", "gaba", "glutamate"]
     plan = plan_split(manc_db, "skeleton", "skeleton", (0.8, 0.1, 0.1), classes)
     report = plan.report
-    skeletons = [set(q["skeleton_id"]["$in"]) for q in plan.queries.values()]
+    skeletons = [
+        {s for q in queries for s in q["skeleton_id"]["$in"]} for queries in plan.queries.values()
+    ]
     assert len(skeletons) == 3
     assert sum(map(len, skeletons)) == len(set().union(*skeletons)) == 187  # one part each
     assert sum(sum(c.values()) for c in report.counts.values()) == 79946
@@ -318,18 +323,51 @@ def test_export_import_round_trip(
         mongo_client.drop_database(copy.name)
 
 
-def test_cli_import_stats_and_refusal(connecto, db_name: str, tmp_path: Path) -> None:
+def test_cli_import_and_stats(db_name: str, tmp_path: Path) -> None:
     good = write_csv(tmp_path / "gaba.csv", _good_rows())
-    done = connecto("db", "import", "csv", good, "--db", db_name, "--voxel-size", "40,4,4",
-                    "--nt-from-filename")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "synapses: 2 inserted" in done.stdout
-    bad = write_csv(tmp_path / "bad.csv", [[7, 1, 2, 3, 0.9, 1001]])
-    refused = connecto("db", "import", "csv", bad, "--db", db_name, "--voxel-size", "40,4,4",
-                       "--nt", "gaba")  # fmt: skip
-    assert refused.returncode == 1
-    assert "bad.csv:2: synapse_id 1001 differs from the database" in refused.stderr
-    assert "Traceback" not in refused.stderr
-    stats = connecto("db", "stats", "--db", db_name)
-    assert stats.returncode == 0, stats.stderr
-    assert "2 synapses, 1 skeletons" in stats.stdout and "gaba" in stats.stdout
+    runner = CliRunner()
+    done = runner.invoke(app, ["db", "import", "csv", str(good), "--db", db_name,
+                               "--voxel-size", "40,4,4", "--nt-from-filename"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "synapses: 2 inserted" in done.output
+    stats = runner.invoke(app, ["db", "stats", "--db", db_name])
+    assert stats.exit_code == 0, stats.output
+    assert "2 synapses, 1 skeletons" in stats.output and "gaba" in stats.output
+
+
+def test_refusal_message_names_file_line_and_fix(small_db: Database, tmp_path: Path) -> None:
+    good = write_csv(tmp_path / "gaba.csv", _good_rows())
+    import_csv(small_db, [good], (40, 4, 4), nt_from_filename=True, progress=False)
+    moved = write_csv(tmp_path / "moved.csv", [[7, 1, 2, 3, 0.9, 1001]])
+    with pytest.raises(ConnectoError) as error:
+        import_csv(small_db, [moved], (40, 4, 4), nt="gaba", progress=False)
+    first, second = str(error.value).splitlines()[:2]
+    assert first == "import refused, nothing was written: 1 problem(s)"
+    assert second.strip() == (
+        f"{moved}:2: synapse_id 1001 differs from the database (x: 400.0 -> 4.0, "
+        "y: 800.0 -> 8.0, z: 12000.0 -> 120.0); use --replace to overwrite"
+    )
+
+
+def test_dropped_connection_mid_import_is_resumed(mongo_client: MongoClient, db_name: str) -> None:
+    """The server closes the connection on the first insert (MongoDB's `failCommand` test
+    failpoint); the import sends the rest again and ends complete, with nothing doubled."""
+    try:
+        mongo_client.admin.command(
+            "configureFailPoint", "failCommand", mode={"times": 1},
+            data={"failCommands": ["insert"], "closeConnection": True},
+        )  # fmt: skip
+    except OperationFailure:
+        pytest.skip("this server does not enable test commands (configureFailPoint)")
+    db = mongo_client[db_name]
+    try:
+        report = write_synapse_data(
+            db,
+            [{"synapse_id": i, "x": i, "y": 0, "z": 0, "skeleton_id": i % 3} for i in range(30)],
+            [{"skeleton_id": i, "nt_known": ["gaba"]} for i in range(3)],
+            progress=False,
+        )
+    finally:
+        mongo_client.admin.command("configureFailPoint", "failCommand", mode="off")
+    assert report.inserted["synapses"] == 30 and report.inserted["skeletons"] == 3
+    assert db.synapses.count_documents({}) == 30 and db.skeletons.count_documents({}) == 3

@@ -11,9 +11,11 @@ import csv
 import json
 import math
 import re
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from bson.int64 import Int64
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import AutoReconnect, BulkWriteError
 from tqdm import tqdm
 
 from connecto import ConnectoError
@@ -47,7 +49,8 @@ __all__ = [
 PARTS = ("train", "validation", "test")
 ID_FIELD = {SYNAPSES: "synapse_id", SKELETONS: "skeleton_id", HEMILINEAGES: "hemilineage_id"}
 MAX_LISTED = 20
-WRITE_CHUNK = 5000
+WRITE_CHUNK = 2000  # short server calls: progress, and little to redo after a dropped link
+RETRIES = 3
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -218,8 +221,9 @@ def _existing(coll: Collection, id_field: str, ids: list[int]) -> dict[int, dict
     if count == 0:
         return {}
     wanted = set(ids)
-    # A scan beats a huge `$in` once the import is a fair share of the collection.
-    if len(ids) * 4 >= count:
+    # A scan beats `$in` lookups unless the import is a small share of the collection
+    # (on the embedded server a 1000-id `$in` costs about as much as scanning 20,000 documents).
+    if len(ids) * 20 >= count:
         return {d[id_field]: d for d in coll.find({}) if d[id_field] in wanted}
     found: dict[int, dict[str, Any]] = {}
     for start in range(0, len(ids), 1000):
@@ -341,21 +345,13 @@ def _write(db: Database, data: SynapseData, replace: bool, progress: bool) -> Im
             inserts, replacements = plan[collection]
             coll = db[collection]
             for chunk in _chunks(inserts, WRITE_CHUNK):
-                try:
-                    coll.insert_many(chunk, ordered=False)
-                except BulkWriteError as error:
-                    failed = {e["index"] for e in error.details.get("writeErrors", [])}
-                    inserted[collection] += [
-                        d[id_field] for i, d in enumerate(chunk) if i not in failed
-                    ]
-                    raise
-                inserted[collection] += [d[id_field] for d in chunk]
+                _insert(coll, id_field, chunk, inserted[collection])
                 bar.update(len(chunk))
             for chunk in _chunks(replacements, WRITE_CHUNK):
-                coll.bulk_write(
-                    [UpdateOne({"_id": old["_id"]}, {"$set": new}) for new, old in chunk]
-                )
+                # recorded first: putting back a document that was not yet changed is harmless
                 replaced[collection] += [old for _, old in chunk]
+                updates = [UpdateOne({"_id": old["_id"]}, {"$set": new}) for new, old in chunk]
+                retry_write(partial(coll.bulk_write, updates))
                 bar.update(len(chunk))
             report.inserted[collection] = len(inserts)
             report.replaced[collection] = len(replacements)
@@ -375,14 +371,55 @@ def _write(db: Database, data: SynapseData, replace: bool, progress: bool) -> Im
     return report
 
 
+def retry_write(operation: Callable[[], Any], attempts: int = RETRIES) -> Any:
+    """Run an idempotent write again when the connection drops (a busy server can miss the
+    client's heartbeat, and the client then cancels operations in flight)."""
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except AutoReconnect:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+    return None
+
+
+def _insert(coll: Collection, id_field: str, chunk: list[dict], inserted: list[int]) -> None:
+    """insert_many that leaves in `inserted` every id it may have written (none existed before
+    validation), so the undo removes exactly those; resumed after a dropped connection."""
+    inserted += [d[id_field] for d in chunk]
+    for attempt in range(RETRIES):
+        try:
+            coll.insert_many(chunk, ordered=False)
+            return
+        except BulkWriteError as error:
+            # ids refused as duplicates belong to someone else: never undo those
+            taken = {
+                chunk[e["index"]][id_field]
+                for e in error.details.get("writeErrors", [])
+                if e.get("code") == 11000
+            }
+            inserted[:] = [i for i in inserted if i not in taken]
+            raise
+        except AutoReconnect:
+            if attempt == RETRIES - 1:
+                raise
+            time.sleep(1 + attempt)
+            ids = [d[id_field] for d in chunk]
+            landed = {d[id_field] for d in coll.find({id_field: {"$in": ids}}, {id_field: 1})}
+            chunk = [d for d in chunk if d[id_field] not in landed]
+            if not chunk:
+                return
+
+
 def _undo(db: Database, inserted: dict[str, list[int]], replaced: dict[str, list[dict]]) -> None:
     for collection in (SYNAPSES, SKELETONS, HEMILINEAGES):
         coll = db[collection]
         id_field = ID_FIELD[collection]
         for chunk in _chunks(inserted[collection], 1000):
-            coll.delete_many({id_field: {"$in": chunk}})
+            retry_write(partial(coll.delete_many, {id_field: {"$in": chunk}}))
         for old in replaced[collection]:
-            coll.replace_one({"_id": old["_id"]}, old)
+            retry_write(partial(coll.replace_one, {"_id": old["_id"]}, old))
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -631,7 +668,8 @@ def _transmitter_label(nt_known: list[str]) -> str:
 
 
 def synapse_stats(db: Database) -> dict[str, Any]:
-    """Counts per transmitter (synapses and skeletons), per split and part, per brain region."""
+    """Counts per transmitter (synapses and skeletons), per split and part (synapses in
+    `splits`, skeletons in `split_skeletons`), per brain region."""
     label = {
         d["skeleton_id"]: _transmitter_label(d.get("nt_known") or [])
         for d in db[SKELETONS].find({}, {"skeleton_id": 1, "nt_known": 1})
@@ -639,6 +677,7 @@ def synapse_stats(db: Database) -> dict[str, Any]:
     per_nt: Counter[str] = Counter()
     skeletons_with_synapses: dict[str, set[int]] = defaultdict(set)
     per_split: dict[str, Counter[str]] = defaultdict(Counter)
+    split_skeletons: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     per_region: Counter[str] = Counter()
     total = 0
     projection = {"skeleton_id": 1, "splits": 1, "brain_region": 1, "_id": 0}
@@ -649,6 +688,7 @@ def synapse_stats(db: Database) -> dict[str, Any]:
         skeletons_with_synapses[name].add(doc["skeleton_id"])
         for split, part in (doc.get("splits") or {}).items():
             per_split[split][part] += 1
+            split_skeletons[split][part].add(doc["skeleton_id"])
         per_region[doc.get("brain_region", "(none)")] += 1
     skeleton_counts = Counter(label.values())
     return {
@@ -664,6 +704,9 @@ def synapse_stats(db: Database) -> dict[str, Any]:
             for name in sorted(set(per_nt) | set(skeleton_counts))
         },
         "splits": {s: {p: per_split[s].get(p, 0) for p in PARTS} for s in sorted(per_split)},
+        "split_skeletons": {
+            s: {p: len(split_skeletons[s][p]) for p in PARTS} for s in sorted(per_split)
+        },
         "brain_regions": dict(sorted(per_region.items())),
     }
 

@@ -149,9 +149,10 @@ class Evaluation:
         return -1.0 if value is None else value
 
     def report(self) -> str:
-        note = f" (skeletons with at least {self.min_synapses} synapses" + (
-            f"; {self.skipped_skeletons} left out)" if self.skipped_skeletons else ")"
-        )
+        note = ""
+        if self.min_synapses > 1:
+            note = f" (skeletons with at least {self.min_synapses} synapses: "
+            note += f"{self.skipped_skeletons} left out)"
         parts = [
             self.synapse.table(f"{self.name} — per synapse"),
             self.skeleton.table(f"{self.name} — per skeleton, majority vote{note}"),

@@ -4,7 +4,7 @@ the config file's directory, which also holds the logs and lookup tables."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from funlib.geometry import Roi
 from pydantic import Field, model_validator
@@ -44,6 +44,11 @@ class SegmentConfig(ConfigModel):
     # the segment graph
     db_name: str = "connecto_segments"
     graph: str = Field(default="segment", description="collection prefix: one graph per volume")
+    agglomeration: Literal["connected_components", "mutex_watershed"] = Field(
+        default="connected_components",
+        description="merge below the threshold (components), or mutex watershed on "
+        "threshold - merge_score (edges above the threshold keep segments apart)",
+    )
     thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)], min_length=1
     )

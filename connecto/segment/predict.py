@@ -24,7 +24,7 @@ from connecto.data.volumes import normalize_raw, open_raw
 from connecto.experiment import TrainSetup, find_setup
 from connecto.segment.config import SegmentConfig
 from connecto.segment.tasks import MongoBlockBookkeeping
-from connecto.segment.workflow import StepResult, _dataset_path, _graph_config, logs_in
+from connecto.segment.workflow import StepResult, dataset_path, graph_config, logs_in
 
 LSD_CHANNELS = 10
 
@@ -94,7 +94,7 @@ class PredictBlock:
 
 class _PredictBookkeeping(MongoBlockBookkeeping):
     def __init__(self, config: SegmentConfig, task_name: str) -> None:
-        self.db = _graph_config(config)
+        self.db = graph_config(config)
         self.task_name = task_name
 
 
@@ -125,15 +125,15 @@ def predict_blockwise(config: SegmentConfig, base: Path, overwrite: bool = False
     out_shape = Coordinate(train.network_output_shape)
     context = (Coordinate(train.input_shape) - out_shape) * voxel_size / 2
     write = out_shape * voxel_size
-    affs_path = _dataset_path(config, config.affs_dataset)
-    lsds_path = _dataset_path(config, config.lsds_dataset) if train.lsds else None
+    affs_path = dataset_path(config, config.affs_dataset)
+    lsds_path = dataset_path(config, config.lsds_dataset) if train.lsds else None
     neighborhood = {"neighborhood": [list(o) for o in config.neighborhood]}
     _prepare(affs_path, len(config.neighborhood), roi, voxel_size, out_shape, neighborhood,
              overwrite)  # fmt: skip
     if lsds_path is not None:
         _prepare(lsds_path, LSD_CHANNELS, roi, voxel_size, out_shape, {"lsds": True}, overwrite)
 
-    graph_db = _graph_config(config)
+    graph_db = graph_config(config)
     graph_db.init()
     task_name = f"predict-{config.affs_dataset}"
     bookkeeping = _PredictBookkeeping(config, task_name)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import mwatershed as mws
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds, prepare_ds
@@ -75,7 +76,7 @@ def open_volume(container: str | Path, dataset: str) -> Array:
     return open_raw(container, dataset)
 
 
-def _dataset_path(config: SegmentConfig, name: str) -> Path:
+def dataset_path(config: SegmentConfig, name: str) -> Path:
     return Path(config.output_container) / name
 
 
@@ -106,7 +107,7 @@ def logs_in(directory: Path) -> Iterator[None]:
         set_log_basedir(previous)
 
 
-def _graph_config(config: SegmentConfig) -> MongoDB:
+def graph_config(config: SegmentConfig) -> MongoDB:
     return MongoDB(
         name=config.db_name,
         prefix=config.prefix,
@@ -116,7 +117,7 @@ def _graph_config(config: SegmentConfig) -> MongoDB:
 
 def open_graph(config: SegmentConfig, mode: str = "r") -> MongoDBGraphDataBase:
     try:
-        return _graph_config(config).open(mode)
+        return graph_config(config).open(mode)
     except RuntimeError:
         raise ConnectoError(
             f"no segment graph '{config.graph}' in database {config.db_name}: "
@@ -130,7 +131,7 @@ def open_graph(config: SegmentConfig, mode: str = "r") -> MongoDBGraphDataBase:
 def gt_affinities(config: SegmentConfig, overwrite: bool = False) -> StepResult:
     """Affinities computed from the ground-truth labels (perfect predictions, uint8)
     over the ROI: the post-processing's test without a network."""
-    path = _dataset_path(config, config.affs_dataset)
+    path = dataset_path(config, config.affs_dataset)
     if _exists(path) and not overwrite:
         return StepResult("gt-affinities", True, f"{path} exists")
     if config.labels_container is None:
@@ -165,7 +166,7 @@ def _write_channels(
 
 
 def _affs(config: SegmentConfig) -> Affs:
-    path = _dataset_path(config, config.affs_dataset)
+    path = dataset_path(config, config.affs_dataset)
     if not _exists(path):
         raise ConnectoError(
             f"{path}: no affinities; run `connecto segment predict` (or `gt-affinities`)"
@@ -179,9 +180,9 @@ def fragments(config: SegmentConfig, base: Path, overwrite: bool = False) -> Ste
     affs = _affs(config)
     roi = _work_roi(config, affs.array("r").roi, str(affs.store))
     task = GraphExtractFrags(
-        db=_graph_config(config),
+        db=graph_config(config),
         affs_data=affs,
-        frags_data=Labels(store=_dataset_path(config, config.fragments_dataset)),
+        frags_data=Labels(store=dataset_path(config, config.fragments_dataset)),
         block_size=config.block_size,
         context=config.context,
         bias=[config.fragments_bias] * len(config.neighborhood),
@@ -200,12 +201,12 @@ def agglomerate(config: SegmentConfig, base: Path, overwrite: bool = False) -> S
     """Edges between touching fragments with mean affinity and merge score; `overwrite`
     drops the edges first."""
     affs = _affs(config)
-    frags = Labels(store=_dataset_path(config, config.fragments_dataset))
+    frags = Labels(store=dataset_path(config, config.fragments_dataset))
     if not _exists(frags.store):
         raise ConnectoError(f"{frags.store}: no fragments; run `connecto segment fragments`")
     graph = open_graph(config)
     task = GraphAffAgglom(
-        db=_graph_config(config),
+        db=graph_config(config),
         affs_data=affs,
         frags_data=frags,
         block_size=config.block_size,
@@ -226,10 +227,13 @@ def threshold_name(threshold: float) -> str:
     return f"threshold_{threshold:.3f}".rstrip("0").rstrip(".")
 
 
-def lookup_table(graph: MongoDBGraphDataBase, threshold: float) -> np.ndarray:
-    """Fragment -> segment (2 x N): connected components over edges whose merge score is
-    below `threshold`; a segment is named by its smallest fragment id, so ids never
-    collide with unmapped fragments."""
+def lookup_table(
+    graph: MongoDBGraphDataBase, threshold: float, method: str = "connected_components"
+) -> np.ndarray:
+    """Fragment -> segment (2 x N). `connected_components`: components over the edges
+    whose merge score is below `threshold`; `mutex_watershed`: edges weighted by
+    threshold - merge score, strongest first, repulsive ones keep segments apart. A segment
+    is named by its smallest fragment id, so ids never collide with unmapped fragments."""
     ids = np.array(sorted(n["id"] for n in graph.read_nodes(read_attrs=[])), dtype=np.uint64)
     if ids.size == 0:
         raise ConnectoError("the segment graph has no fragments")
@@ -237,11 +241,17 @@ def lookup_table(graph: MongoDBGraphDataBase, threshold: float) -> np.ndarray:
     u = np.array([e["u"] for e in edges], dtype=np.uint64)
     v = np.array([e["v"] for e in edges], dtype=np.uint64)
     score = np.array([e.get(MERGE_SCORE, 1.0) for e in edges], dtype=np.float64)
-    keep = (score < threshold) & np.isin(u, ids) & np.isin(v, ids)
-    iu, iv = np.searchsorted(ids, u[keep]), np.searchsorted(ids, v[keep])
-    n = ids.size
-    matrix = coo_matrix((np.ones(iu.size), (iu, iv)), shape=(n, n))
-    _, component = connected_components(matrix, directed=False)
+    known = np.isin(u, ids) & np.isin(v, ids)
+    iu, iv = np.searchsorted(ids, u), np.searchsorted(ids, v)
+    if method == "mutex_watershed":
+        weight = threshold - score
+        order = [i for i in np.argsort(-np.abs(weight), kind="stable") if known[i]]
+        clusters = dict(mws.cluster([(bool(weight[i] > 0), int(iu[i]), int(iv[i])) for i in order]))
+        component = np.array([clusters.get(i, i) for i in range(ids.size)])
+    else:
+        keep = known & (score < threshold)
+        matrix = coo_matrix((np.ones(keep.sum()), (iu[keep], iv[keep])), shape=(ids.size,) * 2)
+        _, component = connected_components(matrix, directed=False)
     smallest = np.full(component.max() + 1, np.iinfo(np.uint64).max, dtype=np.uint64)
     np.minimum.at(smallest, component, ids)
     return np.stack([ids, smallest[component]])
@@ -250,7 +260,7 @@ def lookup_table(graph: MongoDBGraphDataBase, threshold: float) -> np.ndarray:
 def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
     """One segmentation dataset per threshold: global agglomeration into a lookup
     table (saved under `luts/`), then a blockwise relabel of the fragments."""
-    frags = Labels(store=_dataset_path(config, config.fragments_dataset))
+    frags = Labels(store=dataset_path(config, config.fragments_dataset))
     if not _exists(frags.store):
         raise ConnectoError(f"{frags.store}: no fragments; run `connecto segment fragments`")
     graph = open_graph(config)
@@ -258,7 +268,7 @@ def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepR
     for threshold in config.thresholds:
         name = threshold_name(threshold)
         lut = LUT(path=base / "luts" / f"{config.graph}_{name}.npz")
-        seg_path = _dataset_path(config, f"{config.segmentation_dataset}/{name}")
+        seg_path = dataset_path(config, f"{config.segmentation_dataset}/{name}")
         task = SegmentRelabel(
             frags_data=frags, seg_data=Labels(store=seg_path), lut=lut,
             block_size=config.block_size, num_workers=config.num_workers,
@@ -267,7 +277,7 @@ def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepR
             lut.path.parent.mkdir(parents=True, exist_ok=True)
             with logs_in(base / "logs"):
                 task.drop()  # a new table invalidates the relabelled blocks
-            lut.save(lookup_table(graph, threshold))
+            lut.save(lookup_table(graph, threshold, config.agglomeration))
             made.append(name)
         else:
             kept.append(name)
@@ -290,7 +300,7 @@ def evaluate(config: SegmentConfig) -> list[ThresholdScore]:
     truth: np.ndarray | None = None
     for threshold in config.thresholds:
         name = f"{config.segmentation_dataset}/{threshold_name(threshold)}"
-        path = _dataset_path(config, name)
+        path = dataset_path(config, name)
         if not _exists(path):
             raise ConnectoError(f"{path}: no segmentation; run `connecto segment extract`")
         segmentation = open_ds(path, mode="r")
@@ -353,7 +363,7 @@ class SegmentReport:
 
 def predict(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
     """Affinities (and LSDs) from the configured checkpoint, blockwise."""
-    path = _dataset_path(config, config.affs_dataset)
+    path = dataset_path(config, config.affs_dataset)
     if config.checkpoint is None:
         if _exists(path):
             return StepResult("predict", True, f"{path} exists (no checkpoint configured)")
