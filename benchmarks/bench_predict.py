@@ -31,7 +31,7 @@ from connecto.experiment import prepare_prediction, prepare_training
 from connecto.models.vgg3d import build_vgg3d, load_model_from_checkpoint
 from connecto.predict import prediction_threads, run_prediction, split_synapses
 
-SYNAPSES = 600
+SYNAPSES = 300
 BATCH = 16
 MODEL = [
     "input_shape=[16,64,64]",

@@ -271,15 +271,17 @@ def coerce_for_model(model: type[BaseModel], values: dict[str, Any]) -> dict[str
 def describe_errors(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(file)"
-        if item["type"] == "missing":
+        key = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if not key:  # a check across keys: its message names the keys and values
+            lines.append(f"{source}: {message}")
+        elif item["type"] == "missing":
             lines.append(f"{source}: key '{key}' is missing (required)")
         elif item["type"] == "extra_forbidden":
             lines.append(f"{source}: key '{key}' is not a known setting")
         else:
             got = item.get("input")
             shown = repr(got) if not isinstance(got, dict) else "the settings"
-            message = item["msg"].removeprefix("Value error, ")
             lines.append(f"{source}: key '{key}' = {shown}: {message}")
     return "\n".join(lines)
 

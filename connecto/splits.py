@@ -3,7 +3,7 @@
 Every group goes entirely to one part, chosen so that for every class the share of its
 synapses in each part is as close as possible to the target fractions. That is a small
 assignment problem, solved as a mixed-integer program with HiGHS (`scipy.optimize.milp`)
-under a time limit, with a greedy assignment as fallback.
+under a time limit, with a greedy assignment as fallback (kept whenever it is better).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pymongo.database import Database
@@ -31,7 +31,6 @@ from connecto.db.synapses import (
     valid_split_name,
 )
 
-GroupBy = Literal["skeleton", "hemilineage", "brain_region"]
 GROUP_BY: tuple[str, ...] = ("skeleton", "hemilineage", "brain_region")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 # Near-perfect balances come within a second; proving optimality can take much longer.
@@ -52,7 +51,6 @@ class SplitReport:
     write_seconds: float = 0.0
     excluded: int = 0  # synapses of the classes without a group (no hemilineage / region)
     written: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def share(self, name: str, part: str) -> float:
         total = sum(self.counts[name].values())
@@ -95,9 +93,10 @@ def _group_counts(
     counts: dict[Any, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     members: dict[Any, set[int]] = defaultdict(set)
     excluded = 0
-    # one scan with a projection: cheaper than a huge `$in` on skeleton ids
-    for doc in db[SYNAPSES].find({}, {"skeleton_id": 1, "brain_region": 1, "_id": 0}):
-        skeleton = doc["skeleton_id"]
+    # counted on the server: a few hundred rows back instead of every synapse
+    pipeline = [{"$group": {"_id": {"s": "$skeleton_id", "r": "$brain_region"}, "n": {"$sum": 1}}}]
+    for row in db[SYNAPSES].aggregate(pipeline):
+        skeleton, count = row["_id"]["s"], row["n"]
         name = skeleton_class.get(skeleton)
         if name is None:
             continue
@@ -106,11 +105,11 @@ def _group_counts(
         elif by == "hemilineage":
             group = hemilineage.get(skeleton)
         else:
-            group = doc.get("brain_region")
+            group = row["_id"].get("r")
         if group is None:
-            excluded += 1
+            excluded += count
             continue
-        counts[group][name] += 1
+        counts[group][name] += count
         members[group].add(skeleton)
     return counts, {g: sorted(s) for g, s in members.items()}, excluded
 

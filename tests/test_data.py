@@ -97,11 +97,14 @@ def test_ingest_tiff_stacks(tmp_path: Path, layout: str, connecto) -> None:
         source = tmp_path / "stack.tif"
         tifffile.imwrite(source, stack)
     out = tmp_path / "t.zarr"
-    result = connecto(
-        "data", "ingest", source, out, "--dataset", "em", "--voxel-size", "30,8,8",
-        "--offset", "60,0,16", "--chunks", "4,8,8",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    if layout == "directory":  # through the command once, in-process otherwise
+        result = connecto(
+            "data", "ingest", source, out, "--dataset", "em", "--voxel-size", "30,8,8",
+            "--offset", "60,0,16", "--chunks", "4,8,8",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    else:
+        ingest(source, out, ["em"], (30, 8, 8), (60, 0, 16), (4, 8, 8), progress=False)
     array = open_raw(out, "em")
     assert tuple(array.voxel_size) == (30, 8, 8) and tuple(array.roi.offset) == (60, 0, 16)
     np.testing.assert_array_equal(array[array.roi], stack)
@@ -114,13 +117,15 @@ def test_bad_ingest_input_changes_nothing(small_h5: Path, tmp_path: Path, connec
     assert "no dataset 'volumes/nope'" in missing.stderr and "volumes/raw" in missing.stderr
     assert "Traceback" not in missing.stderr
     tiff = tmp_path / "s.tif"
-    tifffile.imwrite(tiff, np.zeros((3, 8, 8), np.uint8))
-    no_size = connecto("data", "ingest", tiff, out)
-    assert no_size.returncode == 1 and "--voxel-size" in no_size.stderr
-    bad_offset = connecto(
-        "data", "ingest", tiff, out, "--voxel-size", "40,4,4", "--offset", "1,0,0"
-    )
-    assert bad_offset.returncode == 1 and "multiple of the voxel size" in bad_offset.stderr
+    tifffile.imwrite(tiff, np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(ConnectoError, match="voxel size unknown; pass --voxel-size"):
+        ingest(tiff, out, progress=False)
+    with pytest.raises(ConnectoError, match="--offset.*multiple of the voxel size"):
+        ingest(tiff, out, voxel_size=(40, 4, 4), offset=(1, 0, 0), progress=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a volume")
+    with pytest.raises(ConnectoError, match="unknown format"):
+        ingest(notes, out, progress=False)
     assert not out.exists()
 
 

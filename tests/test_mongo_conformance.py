@@ -135,3 +135,15 @@ def test_find_one_and_update_upsert(db: Database) -> None:
         )
         assert doc["created"] == 1 and doc["n"] == n
     assert db.runs.count_documents({}) == 1
+
+
+def test_aggregate_group_on_compound_key_with_missing_field(db: Database) -> None:
+    db.synapses.insert_many(
+        [_synapse(1, 7, brain_region="AL"), _synapse(2, 7, brain_region="AL"), _synapse(3, 7),
+         _synapse(4, 8, brain_region="MB")]
+    )  # fmt: skip
+    rows = db.synapses.aggregate(
+        [{"$group": {"_id": {"s": "$skeleton_id", "r": "$brain_region"}, "n": {"$sum": 1}}}]
+    )
+    counts = {(r["_id"]["s"], r["_id"].get("r")): r["n"] for r in rows}
+    assert counts == {(7, "AL"): 2, (7, None): 1, (8, "MB"): 1}

@@ -21,7 +21,7 @@ from connecto.experiment import TrainSetup, prepare_training
 from connecto.models.unet import MtlsdModel, output_shape
 from connecto.pipelines.segmentation import AFFS_WEIGHTS, GT_AFFS, GT_LSDS, segmentation_task
 from connecto.segment.config import load_segment_config
-from connecto.segment.workflow import open_graph, run_steps
+from connecto.segment.workflow import open_graph
 from connecto.train import train
 from tests.conftest import SHARED_DATA
 
@@ -123,25 +123,29 @@ def test_unlabelled_mask_zeroes_the_loss_weights(volume: Path):
 
 
 def test_blockwise_prediction_resumes(
-    trained: TrainSetup, volume: Path, tmp_path: Path, db_name: str
+    trained: TrainSetup, volume: Path, tmp_path: Path, db_name: str, connecto
 ):
+    # through `connecto` subprocesses: daisy's runtime threads must stay out of the test
+    # process, whose later forks (gunpowder's PreCache) they would hang
     config_path = tmp_path / "segment_config.toml"
     config_path.write_text(
         f'checkpoint = "{trained.checkpoint(2)}"\nraw_container = "{volume}"\n'
         f'roi = [[0, 0, 0], [280, 560, 280]]\nnum_workers = 1\ndb_name = "{db_name}"\n'
     )
-    first = run_steps(config_path, ["predict"])
+    first = connecto("segment", "predict", "-c", config_path, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "2 blocks" in first.stdout
     config, _ = load_segment_config(config_path)
     affs = open_ds(tmp_path / "segment.zarr" / "affs")
     assert affs.shape == (3, 28, 56, 28) and affs.dtype == np.uint8
     before = affs.to_ndarray(affs.roi)
-    assert before.max() > 0 and "2 blocks" in first.steps[0].detail
+    assert before.max() > 0
     # an interrupted run: one block's output lost and its completion never recorded
     graph = open_graph(config)
     graph.blocks.delete_one({"task": "predict-affs", "block_id": 0})
     affs_rw = open_ds(tmp_path / "segment.zarr" / "affs", mode="r+")
     affs_rw[affs.roi] = np.zeros_like(before)
-    run_steps(config_path, ["predict"])
+    assert connecto("segment", "predict", "-c", config_path, cwd=tmp_path).returncode == 0
     after = open_ds(tmp_path / "segment.zarr" / "affs").to_ndarray(affs.roi)
     lost = after.reshape(3, 28, 2, 28, 28).max(axis=(0, 1, 3, 4))
     assert lost.tolist().count(0) == 1  # the finished block was skipped, not recomputed
@@ -149,5 +153,5 @@ def test_blockwise_prediction_resumes(
 
     bad = tmp_path / "bad.toml"
     bad.write_text(f'checkpoint = "{trained.path / "model_checkpoint_99"}"\n')
-    with pytest.raises(ConnectoError, match="no such file"):
-        run_steps(bad, ["predict"])
+    failed = connecto("segment", "predict", "-c", bad, cwd=tmp_path)
+    assert failed.returncode == 1 and "no such file" in failed.stderr

@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
 from typer.testing import CliRunner
 
 from cli.main import app
 from connecto import ConnectoError, splits
 from connecto.db.synapses import PARTS, synapse_stats, synapses_by_class, write_synapse_data
 from connecto.splits import _solve_greedy, make_split, parse_fractions
+from tests import synapse_fixtures
+from tests.synapse_fixtures import drop_connection_once
+
+failpoint_client = synapse_fixtures.failpoint_client
+failpoint_db = synapse_fixtures.failpoint_db
 
 CLASSES = ["acetylcholine", "gaba", "glutamate"]
 
@@ -153,21 +157,14 @@ def test_cli_split(db: Database) -> None:
 
 
 def test_batched_writes_resent_after_dropped_connection(
-    db: Database, mongo_client: MongoClient, monkeypatch: pytest.MonkeyPatch
+    failpoint_client: MongoClient, failpoint_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    build(failpoint_db, {"acetylcholine": 6, "gaba": 5, "glutamate": 4})
     monkeypatch.setattr(splits, "WRITE_BATCH", 100)
-    plan = splits.plan_split(db, "skeleton", "b", classes=CLASSES)
+    plan = splits.plan_split(failpoint_db, "skeleton", "b", classes=CLASSES)
     assert sum(len(q) for q in plan.queries.values()) > len(PARTS)  # several batches per part
-    try:
-        mongo_client.admin.command(
-            "configureFailPoint", "failCommand", mode={"times": 1},
-            data={"failCommands": ["update"], "closeConnection": True},
-        )  # fmt: skip
-    except OperationFailure:
-        pytest.skip("this server does not enable test commands (configureFailPoint)")
-    try:
-        report = splits.write_split(db, plan)
-    finally:
-        mongo_client.admin.command("configureFailPoint", "failCommand", mode="off")
-    assert all(len(parts) == 1 for parts in parts_of(db, "b", "skeleton_id").values())
-    assert db.synapses.count_documents({"splits.b": {"$exists": True}}) == report.written
+    with drop_connection_once(failpoint_client, "update"):
+        report = splits.write_split(failpoint_db, plan)
+    assert all(len(parts) == 1 for parts in parts_of(failpoint_db, "b", "skeleton_id").values())
+    labelled = failpoint_db.synapses.count_documents({"splits.b": {"$exists": True}})
+    assert labelled == report.written == failpoint_db.synapses.count_documents({})

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -25,7 +24,12 @@ from connecto.db.synapses import (
     write_synapse_data,
 )
 from connecto.splits import plan_split
+from tests import synapse_fixtures
 from tests.conftest import SHARED_DATA
+from tests.synapse_fixtures import drop_connection_once
+
+failpoint_client = synapse_fixtures.failpoint_client
+failpoint_db = synapse_fixtures.failpoint_db
 
 MANC = SHARED_DATA / "manc_synapses"
 FAFB = SHARED_DATA / "synister_fafb_v3"
@@ -115,20 +119,6 @@ def test_manc_coordinates_are_nanometres_and_ids_int64(manc_db: Database) -> Non
         assert doc["confidence"] == float(row["conf"])
     skeleton = manc_db.skeletons.find_one({"skeleton_id": int(rows[0]["body"])})
     assert skeleton["nt_known"] == ["gaba"]
-
-
-@needs_manc
-def test_manc_reimport_changes_nothing_and_conflicts_are_refused(manc_db: Database) -> None:
-    before = manc_db.skeletons.find_one({"nt_known": ["glutamate"]})
-    report = import_csv(
-        manc_db, [MANC / "glutamate.csv"], (8, 8, 8), nt_from_filename=True, progress=False
-    )
-    assert report.inserted == {"hemilineages": 0, "skeletons": 0, "synapses": 0}
-    assert report.unchanged["synapses"] == 10869
-    with pytest.raises(ConnectoError, match="differs from the database.*--replace"):
-        import_csv(manc_db, [MANC / "glutamate.csv"], (8, 8, 8), nt="gaba", progress=False)
-    assert manc_db.skeletons.find_one({"_id": before["_id"]}) == before
-    assert manc_db.synapses.estimated_document_count() == 87403
 
 
 @needs_manc
@@ -335,9 +325,13 @@ def test_cli_import_and_stats(db_name: str, tmp_path: Path) -> None:
     assert "2 synapses, 1 skeletons" in stats.output and "gaba" in stats.output
 
 
-def test_refusal_message_names_file_line_and_fix(small_db: Database, tmp_path: Path) -> None:
+def test_reimport_idempotent_refusal_names_line(small_db: Database, tmp_path: Path) -> None:
     good = write_csv(tmp_path / "gaba.csv", _good_rows())
     import_csv(small_db, [good], (40, 4, 4), nt_from_filename=True, progress=False)
+    before = snapshot(small_db)
+    again = import_csv(small_db, [good], (40, 4, 4), nt_from_filename=True, progress=False)
+    assert again.inserted["synapses"] == 0 and again.unchanged["synapses"] == 2
+    assert snapshot(small_db) == before  # identical data: nothing written
     moved = write_csv(tmp_path / "moved.csv", [[7, 1, 2, 3, 0.9, 1001]])
     with pytest.raises(ConnectoError) as error:
         import_csv(small_db, [moved], (40, 4, 4), nt="gaba", progress=False)
@@ -349,25 +343,18 @@ def test_refusal_message_names_file_line_and_fix(small_db: Database, tmp_path: P
     )
 
 
-def test_dropped_connection_mid_import_is_resumed(mongo_client: MongoClient, db_name: str) -> None:
+def test_dropped_connection_mid_import_is_resumed(
+    failpoint_client: MongoClient, failpoint_db: Database
+) -> None:
     """The server closes the connection on the first insert (MongoDB's `failCommand` test
     failpoint); the import sends the rest again and ends complete, with nothing doubled."""
-    try:
-        mongo_client.admin.command(
-            "configureFailPoint", "failCommand", mode={"times": 1},
-            data={"failCommands": ["insert"], "closeConnection": True},
-        )  # fmt: skip
-    except OperationFailure:
-        pytest.skip("this server does not enable test commands (configureFailPoint)")
-    db = mongo_client[db_name]
-    try:
+    with drop_connection_once(failpoint_client, "insert"):
         report = write_synapse_data(
-            db,
+            failpoint_db,
             [{"synapse_id": i, "x": i, "y": 0, "z": 0, "skeleton_id": i % 3} for i in range(30)],
             [{"skeleton_id": i, "nt_known": ["gaba"]} for i in range(3)],
             progress=False,
         )
-    finally:
-        mongo_client.admin.command("configureFailPoint", "failCommand", mode="off")
     assert report.inserted["synapses"] == 30 and report.inserted["skeletons"] == 3
-    assert db.synapses.count_documents({}) == 30 and db.skeletons.count_documents({}) == 3
+    assert failpoint_db.synapses.count_documents({}) == 30
+    assert failpoint_db.skeletons.count_documents({}) == 3

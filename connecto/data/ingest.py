@@ -95,13 +95,20 @@ def _tiff_source(path: Path, name: str) -> _Source:
     else:
         pages = tifffile.TiffFile(path).pages
         first = pages[0].asarray()
-        if first.ndim != 2:
+        if len(pages) == 1 and first.ndim == 3:
+            # one page holding a short stack (tifffile stores up to 4 sections as samples)
+            def read(z0: int, z1: int) -> np.ndarray:
+                return first[z0:z1]
+
+            shape, dtype = first.shape, first.dtype
+        elif first.ndim != 2:
             raise ConnectoError(f"{path}: pages have shape {first.shape}, expected 2D sections")
+        else:
 
-        def read(z0: int, z1: int) -> np.ndarray:
-            return np.stack([pages[i].asarray() for i in range(z0, z1)])
+            def read(z0: int, z1: int) -> np.ndarray:
+                return np.stack([pages[i].asarray() for i in range(z0, z1)])
 
-        shape, dtype = (len(pages), *first.shape), first.dtype
+            shape, dtype = (len(pages), *first.shape), first.dtype
     return _Source(name, shape, dtype, read, None, None)
 
 

@@ -34,8 +34,9 @@ def connect(uri: str, timeout_s: float) -> MongoClient:
     """A client that has answered a ping; otherwise a one-line ConnectoError."""
     client: MongoClient = MongoClient(
         uri,
+        # Only server selection is short (a dead server fails fast); connectTimeoutMS also
+        # bounds pymongo's heartbeats, and a short one cancels long operations on a busy server.
         serverSelectionTimeoutMS=int(timeout_s * 1000),
-        connectTimeoutMS=int(timeout_s * 1000),
         tz_aware=True,
     )
     try:
