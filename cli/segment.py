@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from connecto.segment.config import CONFIG_NAME
-from connecto.segment.workflow import STEPS, SegmentReport, run_steps
+from connecto.segment.config import CONFIG_NAME, STEPS
+
+if TYPE_CHECKING:
+    from connecto.segment.workflow import SegmentReport
 
 app = typer.Typer(
     help="Neuron segmentation: affinities, fragments, the segment graph in MongoDB, "
@@ -48,6 +51,8 @@ def _print(report: SegmentReport) -> None:
 
 def _step(*steps: str):  # noqa: ANN202 - a Typer command factory
     def command(config: Path = CONFIG, overwrite: bool = OVERWRITE) -> None:
+        from connecto.segment.workflow import run_steps  # heavy: loads only when used
+
         _print(run_steps(config, steps, overwrite=overwrite))
 
     return command

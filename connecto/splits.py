@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 from pymongo.database import Database
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import lil_matrix
 from tqdm import tqdm
 
 from connecto import ConnectoError
@@ -122,6 +120,9 @@ def _solve_milp(
     Variables: x[g, p] binary (group g in part p), d[c, p] >= |share - target| and t >= every
     d. Minimises K*t + sum(d): first the worst deviation, then all of them.
     """
+    from scipy.optimize import Bounds, LinearConstraint, milp  # slow import: only here
+    from scipy.sparse import lil_matrix
+
     groups, classes = n.shape
     parts = len(fractions)
     totals = n.sum(axis=0)

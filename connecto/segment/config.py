@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from connecto.config import ConfigModel, PositiveInt, Shape3, load_config
 
+STEPS = ("predict", "fragments", "agglomerate", "extract", "evaluate")
 CONFIG_NAME = "segment_config.toml"
 
 

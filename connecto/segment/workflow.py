@@ -32,7 +32,7 @@ from connecto.db.client import tracking_database
 from connecto.db.graph import MongoDB, MongoDBGraphDataBase
 from connecto.db.tracking import SCORES, ensure_indexes, git_commit, now
 from connecto.evaluate.segmentation import SegmentationScores, score_segmentation
-from connecto.segment.config import SegmentConfig, load_segment_config
+from connecto.segment.config import STEPS, SegmentConfig, load_segment_config
 from connecto.segment.tasks import (
     MEAN_AFFINITY,
     MERGE_SCORE,
@@ -347,8 +347,6 @@ def _store_scores(config: SegmentConfig, results: list[ThresholdScore]) -> None:
 
 
 # ---------------------------------------------------------------- the command's entry point
-
-STEPS = ("predict", "fragments", "agglomerate", "extract", "evaluate")
 
 
 @dataclass
