@@ -31,8 +31,18 @@ app = typer.Typer(
 app.add_typer(db_cli.app, name="db")
 app.add_typer(config_cli.app, name="config")
 # In the order users work: prepare, train, predict, evaluate, segment, submit.
-for module in (experiment_cli, split_cli, data_cli, train_cli, view_cli, predict_cli,
-               evaluate_cli, segment_cli, submit_cli, jobs_cli):
+for module in (
+    experiment_cli,
+    split_cli,
+    data_cli,
+    train_cli,
+    view_cli,
+    predict_cli,
+    evaluate_cli,
+    segment_cli,
+    submit_cli,
+    jobs_cli,
+):
     module.register(app)
 
 

@@ -9,10 +9,7 @@ HEAVY = ("torch", "gunpowder", "daisy", "volara", "zarr", "matplotlib", "docker"
 
 
 def test_importing_the_cli_loads_no_heavy_library() -> None:
-    code = (
-        "import sys, cli.main; "
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    )
+    code = f"import sys, cli.main; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
