@@ -54,10 +54,14 @@ def test_cancel_stops_the_container(image: str, tmp_path: Path, tracking_db: str
     db = tracking_database()
     [job] = submit_command(["sleep", "300"], tmp_path, docker_worker(image), "sleeper")
     label = {"label": f"{LABEL}={job['log_path']}"}
-    wait_until(lambda: client().containers.list(filters=label), 60, "the container to start")
+    wait_until(
+        lambda: client().containers.list(filters=label, ignore_removed=True),
+        60,
+        "the container to start",
+    )
     [job] = cancel_jobs(db, [job])
     assert job["state"] == "cancelled"
-    gone = lambda: not client().containers.list(all=True, filters=label)  # noqa: E731
+    gone = lambda: not client().containers.list(all=True, filters=label, ignore_removed=True)  # noqa: E731
     wait_until(gone, 30, "the container to be stopped and removed")
     assert list_jobs(db)[-1]["state"] == "cancelled"
 

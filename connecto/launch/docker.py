@@ -167,9 +167,17 @@ def run_container(spec: ContainerSpec) -> int:
 
 def stop_containers(log_path: str) -> int:
     """Stop the containers of a job (found by their label); how many were running."""
-    found = client().containers.list(filters={"label": f"{LABEL}={log_path}"})
+    found = client().containers.list(
+        filters={"label": f"{LABEL}={log_path}"},
+        ignore_removed=True,  # it may go meanwhile
+    )
+    import docker.errors
+
     for container in found:
-        container.stop(timeout=STOP_TIMEOUT_S)
+        try:
+            container.stop(timeout=STOP_TIMEOUT_S)
+        except docker.errors.NotFound:  # it exited and was removed meanwhile
+            pass
     return len(found)
 
 
