@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -93,3 +94,29 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = 
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def interrupt_waiting_driver(
+    client: MongoClient, tracking_db: str, args: list[str]
+) -> tuple[dict[str, Any], int, str]:
+    """Run `connecto jobs run --wait ARGS`, press Ctrl-C once its job runs; returns the
+    job document as it was when running, the driver's exit code and its stderr."""
+    from conftest import CONNECTO
+
+    driver = subprocess.Popen(
+        [*CONNECTO, "jobs", "run", "--wait", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        job = wait_until(
+            lambda: next(
+                (d for d in job_docs(client, tracking_db) if d["state"] == "running"), None
+            ),
+            timeout=120,
+            what="the submitted job to run",
+        )
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    return job, driver.returncode, err

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CONNECTO
-from launch_fixtures import job_docs, wait_until
+from launch_fixtures import interrupt_waiting_driver, job_docs, wait_until
 from pymongo import MongoClient
 
 from connecto import ConnectoError
@@ -72,23 +70,10 @@ def test_cancel_and_lost_jobs(tmp_path: Path, tracking_db: str, mongo_client: Mo
 def test_ctrl_c_on_wait_cancels_the_job(
     tmp_path: Path, tracking_db: str, mongo_client: MongoClient
 ) -> None:
-    driver = subprocess.Popen(
-        [*CONNECTO, "jobs", "run", "--wait", "--dir", str(tmp_path), "--", "sleep", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        job = wait_until(
-            lambda: next(
-                (d for d in job_docs(mongo_client, tracking_db) if d["state"] == "running"), None
-            ),
-            timeout=120,
-            what="the submitted job to run",
-        )
-        driver.send_signal(signal.SIGINT)
-        _, err = driver.communicate(timeout=60)
-    finally:
-        driver.kill()
-    assert driver.returncode == 130, err
+    job, returncode, err = interrupt_waiting_driver(
+        mongo_client, tracking_db, ["--dir", str(tmp_path), "--", "sleep", "120"]
+    )
+    assert returncode == 130, err
     doc = mongo_client[tracking_db]["jobs"].find_one({"_id": job["_id"]})
     assert doc["state"] == "cancelled" and doc["cancel_requested"]
     assert not pid_alive(int(job["job_id"].rsplit(":", 1)[1]))

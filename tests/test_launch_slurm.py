@@ -3,13 +3,17 @@ with its exit code, cancelled with scancel, a job array, Ctrl-C on a --wait subm
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CONNECTO
-from launch_fixtures import job_docs, slurm, wait_until, write_worker  # noqa: F401 (fixture)
+from launch_fixtures import (  # noqa: F401 (slurm is a fixture)
+    interrupt_waiting_driver,
+    job_docs,
+    slurm,
+    wait_until,
+    write_worker,
+)  # noqa: F401 (fixture)
 from pymongo import MongoClient
 
 from connecto.config import WorkerConfig
@@ -71,24 +75,11 @@ def test_ctrl_c_on_wait_scancels(
     tmp_path: Path, tracking_db: str, mongo_client: MongoClient
 ) -> None:
     worker = write_worker(tmp_path / "worker.toml", scheduler="slurm", queue="gpu_any")
-    driver = subprocess.Popen(
-        [*CONNECTO, "jobs", "run", "--wait", "--worker-config", str(worker), "--dir",
-         str(tmp_path), "--", "sleep", "300"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    job, returncode, err = interrupt_waiting_driver(
+        mongo_client, tracking_db,
+        ["--worker-config", str(worker), "--dir", str(tmp_path), "--", "sleep", "300"],
     )  # fmt: skip
-    try:
-        job = wait_until(
-            lambda: next(
-                (d for d in job_docs(mongo_client, tracking_db) if d["state"] == "running"), None
-            ),
-            timeout=120,
-            what="the submitted job to run",
-        )
-        driver.send_signal(signal.SIGINT)
-        _, err = driver.communicate(timeout=60)
-    finally:
-        driver.kill()
-    assert driver.returncode == 130, err
+    assert returncode == 130, err
     doc = mongo_client[tracking_db]["jobs"].find_one({"_id": job["_id"]})
     assert doc["state"] == "cancelled"
     assert not squeue_has(job["job_id"])
