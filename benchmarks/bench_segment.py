@@ -129,8 +129,14 @@ def throughput(work: Path, db_name: str, n_nodes: int = 20_000, n_edges: int = 5
         t_nodes, _ = _timed(db.write_graph, graph, write_edges=False)
         t_edges, _ = _timed(db.write_graph, graph, write_nodes=False)
         t_read, _ = _timed(db.read_graph, Roi((0, 0, 0), (500, 500, 500)))
+        t_all, _ = _timed(db.read_graph)
         print(f"  {name:8s} nodes {n_nodes / t_nodes:9.0f}/s  edges {n_edges / t_edges:9.0f}/s"
-              f"  ROI read (1/125 of the volume) {t_read * 1000:.0f} ms")  # fmt: skip
+              f"  ROI read (1/125 of the volume) {t_read * 1000:4.0f} ms"
+              f"  whole graph read {t_all * 1000:5.0f} ms")  # fmt: skip
+    t_columns, _ = _timed(mongo.read_edge_columns, None, None, None, ["merge_score"])
+    print(
+        f"  MongoDB  all edge scores as arrays (the agglomeration read) {t_columns * 1000:.0f} ms"
+    )
     print("  goal: MongoDB edge writes >= 50000/s")
 
 

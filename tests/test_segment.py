@@ -9,13 +9,17 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pytest
+from funlib.geometry import Coordinate, Roi
 from funlib.persistence import open_ds
 from funlib.persistence.types import Vec
 from pymongo import MongoClient
+from volara.blockwise import AffAgglom
+from volara.datasets import Affs, Labels
+from volara.dbs import SQLite
 
 from connecto.db.graph import MongoDBGraphDataBase
 from connecto.segment.config import load_segment_config
-from connecto.segment.tasks import apply_lut
+from connecto.segment.tasks import apply_lut, boundary_mean_affinities
 from connecto.segment.workflow import lookup_table, open_graph
 from tests.conftest import SHARED_DATA
 
@@ -65,13 +69,15 @@ def test_done_when_gt_affinities_segment_run_and_evaluate(
 
     db = mongo_client[db_name]
     nodes, edges = db["neuroproof_gt_nodes"], db["neuroproof_gt_edges"]
-    assert nodes.count_documents({}) > 16  # fragments are cut at block boundaries
+    assert nodes.count_documents({}) == 8  # one node chunk per fragment block
     assert edges.count_documents({}) > 0
     assert db["neuroproof_gt_blocks"].count_documents({}) == 16  # 8 fragment + 8 edge blocks
-    edge = edges.find_one({})
-    assert edge["u"] < edge["v"] and 0 <= edge["merge_score"] <= 1
+    assert edges.count_documents({}) <= 8  # one edge chunk per block at most
+    stored = MongoDBGraphDataBase(db, mode="r", prefix="neuroproof_gt_").read_edge_columns()
+    assert np.all(stored["u"] < stored["v"])
+    assert np.all((stored["merge_score"] >= 0) & (stored["merge_score"] <= 1))
     # perfect affinities: touching fragments of one neuron have affinity 1, others 0
-    assert set(np.round([e["mean_affinity"] for e in edges.find({})], 6)) <= {0.0, 1.0}
+    assert set(np.round(stored["mean_affinity"], 6)) <= {0.0, 1.0}
 
     evaluated = connecto("segment", "evaluate", "-c", config, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
@@ -90,7 +96,7 @@ def test_done_when_gt_affinities_segment_run_and_evaluate(
     rerun = connecto("segment", "run", "-c", config, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert "lookup tables reused" in rerun.stdout
-    assert nodes.count_documents({}) == len(list(nodes.find({}, {"_id": 1})))
+    assert nodes.count_documents({}) == 8  # nothing written twice
     assert db["neuroproof_gt_blocks"].count_documents({}) == 16
 
 
@@ -102,7 +108,7 @@ def test_fragments_resume_after_partial_run(tmp_path: Path, db_name: str, connec
     for step in ("gt-affinities", "fragments"):
         assert connecto("segment", step, "-c", path, cwd=tmp_path).returncode == 0
     config, _ = load_segment_config(path)
-    graph = open_graph(config)
+    graph = open_graph(config, "r+")
     task = "fragments-extract-frags"
     finished = {d["block_id"]: d["finished"] for d in graph.blocks.find({"task": task})}
     all_nodes = {n["id"]: n["size"] for n in graph.read_nodes()}
@@ -111,11 +117,7 @@ def test_fragments_resume_after_partial_run(tmp_path: Path, db_name: str, connec
     # an interrupted run: three blocks never finished, their nodes partly written
     lost = sorted(finished)[:3]
     for doc in graph.blocks.find({"task": task, "block_id": {"$in": lost}}):
-        offset, shape = doc["roi"]
-        inside = {"$gte": offset[0], "$lt": offset[0] + shape[0]}
-        graph.nodes.delete_many({"position.0": inside, **{
-            f"position.{d}": {"$gte": offset[d], "$lt": offset[d] + shape[d]} for d in (1, 2)
-        }})  # fmt: skip
+        graph.delete_nodes(Roi(*doc["roi"]))
     graph.blocks.delete_many({"block_id": {"$in": lost}})
     assert graph.num_nodes() < len(all_nodes)
 
@@ -151,3 +153,32 @@ def test_lookup_table_thresholds(mongo_client: MongoClient, db_name: str):
     assert lookup_table(graph, 0.92, "connected_components").tolist()[1] == [10, 10, 10, 10]
     split = lookup_table(graph, 0.92, "mutex_watershed").tolist()[1]
     assert split == [10, 10, 10, 40]
+
+
+@pytest.mark.parametrize("id_base", [0, 2**33])
+def test_boundary_mean_affinities_match_volara(tmp_path: Path, id_base: int):
+    """connecto's edge scores are volara's `AffAgglom.agglomerate`, computed on the
+    boundary voxels only: same pairs, same means (ids beyond 32 bits included)."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(rng.integers(0, 7, size=(12, 16, 8)), 2, axis=2).astype(np.uint64)
+    frags = np.where(labels > 0, labels + np.uint64(id_base), 0).astype(np.uint64)
+    neighborhood = [Coordinate(-1, 0, 0), Coordinate(0, -1, 0), Coordinate(0, 0, -1),
+                    Coordinate(0, 0, -3)]  # fmt: skip
+    affs = rng.random((4, *frags.shape)).astype(np.float32)
+    volara = AffAgglom(
+        db=SQLite(path=tmp_path / "g.db", edge_attrs={"mean_affinity": "float"}),
+        affs_data=Affs(store=tmp_path / "a.zarr", neighborhood=neighborhood),
+        frags_data=Labels(store=tmp_path / "f.zarr"), block_size=(8, 8, 8), context=(2, 2, 2),
+        scores={"mean_affinity": neighborhood[:3], "long": neighborhood[3:]},
+    )  # fmt: skip
+    expected = nx.Graph()
+    volara.agglomerate(affs, frags.copy(), expected)
+    u, v, mean = boundary_mean_affinities(affs[:3], frags, [tuple(o) for o in neighborhood[:3]])
+    ours = dict(zip(zip(u.tolist(), v.tolist(), strict=True), mean.tolist(), strict=True))
+    theirs = {
+        (min(a, b), max(a, b)): d["mean_affinity"]
+        for a, b, d in expected.edges(data=True)
+        if "mean_affinity" in d
+    }
+    assert len(ours) > 10 and ours.keys() == theirs.keys()
+    assert all(ours[pair] == pytest.approx(theirs[pair], abs=1e-12) for pair in ours)

@@ -1,19 +1,23 @@
 """Segment graphs in MongoDB: funlib.persistence's `GraphDataBase` interface.
 
 funlib.persistence ships graph databases for SQLite and PostgreSQL only; this one keeps a
-graph in three collections of a MongoDB database, named `<prefix>nodes`, `<prefix>edges`
-and `<prefix>meta` (plus `<prefix>blocks` for block-progress bookkeeping):
+graph in four collections of a MongoDB database, named `<prefix>nodes`, `<prefix>edges`,
+`<prefix>meta` and `<prefix>blocks`:
 
-- nodes: `_id` (the fragment id, hence unique), `position` ([z, y, x] in world units),
-  `size` and any other declared node attributes; a compound index on the position
-  components answers ROI queries.
-- edges: `u`, `v` (u < v for undirected graphs, a unique pair) and the declared edge
-  attributes (merge score, affinity statistics).
-- meta: one document describing the graph (position attribute, attribute types, ROI).
+- nodes: column chunks (`connecto.db.columns`) of `id` (the fragment id), `position`
+  ([z, y, x] in world units), `size` and the other declared node attributes.
+- edges: column chunks of `u`, `v` (u < v for undirected graphs) and the declared edge
+  attributes (merge score, affinity statistics), located by the position of `u`.
+- meta: one document describing the graph (layout, position attribute, attribute
+  types, ROI).
 - blocks: `{task, block_id}` of every finished block, so blockwise work resumes.
 
-Writes are unordered bulk inserts; duplicates are skipped (funlib's `INSERT OR IGNORE`)
-unless `fail_if_exists`. `MongoDB` is the volara-style db config that opens it.
+Each chunk holds the rows of one write (a block) with its id range and position bounds,
+both indexed: ROI queries read the chunks whose bounds meet the ROI. An id (a `u`, `v`
+pair) is stored once: a write skips the rows already stored (funlib's `INSERT OR
+IGNORE`), or with `fail_if_exists` refuses them. As with funlib's databases, blockwise
+writers write disjoint rows: a node, and an edge by its `u`, belongs to one block.
+`MongoDB` is the volara-style db config that opens a graph.
 """
 
 from __future__ import annotations
@@ -27,27 +31,17 @@ from funlib.geometry import Roi
 from funlib.persistence.graphs.graph_database import AttributeType, GraphDataBase
 from funlib.persistence.types import Vec, type_to_str
 from networkx import DiGraph, Graph
-from pymongo import ASCENDING, MongoClient, UpdateOne
+from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
 from volara.dbs import DB
 
 from connecto import ConnectoError
+from connecto.db.columns import ID_DTYPE, ChunkedTable, Columns, bounds, plain_value
 
-DUPLICATE_KEY = 11000
-BATCH = 10_000  # documents per bulk call: bounded message size, steady progress
 META_ID = "graph"
+LAYOUT = "column-chunks-1"  # stored in meta: graphs of another layout are refused
 COLLECTIONS = ("nodes", "edges", "meta", "blocks")
-
-
-def _plain(value: Any) -> Any:
-    """BSON-encodable values: numpy scalars and arrays, Coordinates, tuples."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray | tuple | list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _type_from_str(text: str) -> AttributeType:
@@ -100,12 +94,17 @@ class MongoDBGraphDataBase(GraphDataBase):
             self.total_roi = total_roi or Roi((None,) * self.ndims, (None,) * self.ndims)
             self._node_attrs = dict(node_attrs)
             self._edge_attrs = dict(edge_attrs or {})
-            self._create()
         else:
             meta = self.meta.find_one({"_id": META_ID})
             if meta is None:
                 # volara's `DB.init` relies on this exception to decide to create
                 raise RuntimeError(f"no graph '{prefix}' in database {db.name}")
+            if meta.get("layout") != LAYOUT:
+                raise ConnectoError(
+                    f"graph '{prefix}' in database {db.name} has layout "
+                    f"{meta.get('layout', 'one document per node and edge')!r}, not "
+                    f"{LAYOUT!r}: rerun its fragments and agglomerate steps with --overwrite"
+                )
             self.position_attribute = meta["position_attribute"]
             self.directed = meta["directed"] if directed is None else directed
             self.ndims = meta["ndims"]
@@ -115,18 +114,18 @@ class MongoDBGraphDataBase(GraphDataBase):
             # attributes declared now but not stored yet (a later task adds a score)
             self._node_attrs = {**stored_nodes, **(node_attrs or {})}
             self._edge_attrs = {**stored_edges, **(edge_attrs or {})}
-            if (self._node_attrs, self._edge_attrs) != (stored_nodes, stored_edges):
-                if mode == "r+":
-                    self._store_meta()
+        self.node_table = ChunkedTable(self.nodes, ("id",), self.ndims)
+        self.edge_table = ChunkedTable(self.edges, ("u", "v"), self.ndims)
+        if mode == "w":
+            self._create()
+        elif mode == "r+" and (self._node_attrs, self._edge_attrs) != (stored_nodes, stored_edges):
+            self._store_meta()
 
     # ------------------------------------------------------------ schema
 
     def _create(self) -> None:
-        position = [(f"{self.position_attribute}.{d}", ASCENDING) for d in range(self.ndims)]
-        if self.ndims == 1:
-            position = [(self.position_attribute, ASCENDING)]
-        self.nodes.create_index(position, name="position")
-        self.edges.create_index([("u", ASCENDING), ("v", ASCENDING)], unique=True, name="uv")
+        self.node_table.create_indexes()
+        self.edge_table.create_indexes()
         self.blocks.create_index(
             [("task", ASCENDING), ("block_id", ASCENDING)], unique=True, name="task_block"
         )
@@ -136,11 +135,12 @@ class MongoDBGraphDataBase(GraphDataBase):
         self.meta.replace_one(
             {"_id": META_ID},
             {
+                "layout": LAYOUT,
                 "position_attribute": self.position_attribute,
                 "directed": self.directed,
                 "ndims": self.ndims,
-                "total_roi_offset": _plain(tuple(self.total_roi.offset)),
-                "total_roi_shape": _plain(tuple(self.total_roi.shape)),
+                "total_roi_offset": plain_value(tuple(self.total_roi.offset)),
+                "total_roi_shape": plain_value(tuple(self.total_roi.shape)),
                 "node_attrs": {k: type_to_str(v) for k, v in self._node_attrs.items()},
                 "edge_attrs": {k: type_to_str(v) for k, v in self._edge_attrs.items()},
             },
@@ -161,22 +161,59 @@ class MongoDBGraphDataBase(GraphDataBase):
     def edge_attrs(self) -> dict[str, AttributeType]:
         return self._edge_attrs
 
+    # ------------------------------------------------------------ positions
+
+    def _roi_bounds(self, roi: Roi | None) -> tuple[list[float], list[float]]:
+        """Inclusive lower and exclusive upper position bounds (infinite where open)."""
+        if roi is None:
+            return [-np.inf] * self.ndims, [np.inf] * self.ndims
+        low = [-np.inf if b is None else float(b) for b in roi.begin]
+        high = [np.inf if e is None else float(e) for e in roi.end]
+        return low, high
+
+    def _inside(self, positions: np.ndarray, roi: Roi | None) -> np.ndarray:
+        """Which positions (n, ndims; NaN unknown) lie in the half-open `roi`."""
+        if roi is None:
+            return np.ones(positions.shape[0], dtype=bool)
+        low, high = self._roi_bounds(roi)
+        with np.errstate(invalid="ignore"):
+            return np.all((positions >= low) & (positions < high), axis=1)
+
+    def _positions(self, nodes: Columns) -> np.ndarray:
+        """The position column as floats (n, ndims), NaN where unknown."""
+        values = nodes[self.position_attribute]
+        if values.dtype != object:
+            return values.astype(np.float64).reshape(len(nodes), self.ndims)
+        positions = np.full((len(nodes), self.ndims), np.nan)
+        for i, value in enumerate(values.tolist()):
+            if value is not None:
+                positions[i] = value
+        return positions
+
+    def _position(self, data: dict[str, Any]) -> tuple | None:
+        position = data.get(self.position_attribute)
+        if position is None:
+            return None
+        return tuple(position) if self.ndims > 1 else (position,)
+
     # ------------------------------------------------------------ reading
 
-    def _roi_filter(self, roi: Roi | None) -> dict[str, Any]:
-        if roi is None:
-            return {}
-        query: dict[str, Any] = {}
-        for d in range(self.ndims):
-            key = self.position_attribute if self.ndims == 1 else f"{self.position_attribute}.{d}"
-            bounds = {}
-            if roi.begin[d] is not None:
-                bounds["$gte"] = roi.begin[d]
-            if roi.end[d] is not None:
-                bounds["$lt"] = roi.end[d]
-            if bounds:
-                query[key] = bounds
-        return query
+    def read_node_columns(
+        self,
+        roi: Roi | None = None,
+        attr_filter: dict[str, Any] | None = None,
+        read_attrs: list[str] | None = None,
+    ) -> Columns:
+        """`id` and `read_attrs` (default: all) of the nodes whose position lies in
+        `roi` (half-open) and whose attributes match `attr_filter`, as arrays."""
+        attrs = list(self.node_attrs) if read_attrs is None else list(read_attrs)
+        filters = attr_filter or {}
+        needed = [*attrs, *filters, *([self.position_attribute] if roi is not None else [])]
+        nodes = self.node_table.read(self.node_table.query(None, *self._roi_bounds(roi)), needed)
+        keep = _matches(nodes, filters)
+        if roi is not None:
+            keep &= self._inside(self._positions(nodes), roi)
+        return nodes.take(keep).select(["id", *attrs])
 
     def read_nodes(
         self,
@@ -186,9 +223,32 @@ class MongoDBGraphDataBase(GraphDataBase):
     ) -> list[dict[str, Any]]:
         """Nodes whose position lies in `roi` (half-open), as dicts with `id`."""
         attrs = list(self.node_attrs) if read_attrs is None else read_attrs
-        query = {**self._roi_filter(roi), **(attr_filter or {})}
-        found = self.nodes.find(query, {a: 1 for a in attrs})
-        return [{"id": doc.pop("_id"), **doc} for doc in found]
+        return self.read_node_columns(roi, attr_filter, attrs).records(["id", *attrs])
+
+    def read_edge_columns(
+        self,
+        roi: Roi | None = None,
+        nodes: list[dict[str, Any]] | None = None,
+        attr_filter: dict[str, Any] | None = None,
+        read_attrs: list[str] | None = None,
+    ) -> Columns:
+        """As `read_edges`, as arrays."""
+        attrs = list(self.edge_attrs) if read_attrs is None else list(read_attrs)
+        filters = attr_filter or {}
+        ids, query = None, {}
+        if nodes is None and roi is not None:
+            ids = self.read_node_columns(roi, read_attrs=[])["id"]
+            query = self.edge_table.query(ids, *self._roi_bounds(roi))
+        elif nodes is not None:
+            ids = np.array([n["id"] for n in nodes], dtype=ID_DTYPE)
+            query = self.edge_table.query(ids)
+        if ids is not None and ids.size == 0:
+            return Columns.concat([], ["u", "v", *attrs])
+        edges = self.edge_table.read(query, [*attrs, *filters])
+        keep = _matches(edges, filters)
+        if ids is not None:
+            keep &= np.isin(edges["u"], ids)
+        return edges.take(keep).select(["u", "v", *attrs])
 
     def read_edges(
         self,
@@ -198,17 +258,10 @@ class MongoDBGraphDataBase(GraphDataBase):
         read_attrs: list[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Edges whose `u` is one of `nodes` (default: the nodes in `roi`); all edges
-        when both are None."""
+        when both are None. `attr_filter` values match by equality, or membership for
+        lists."""
         attrs = list(self.edge_attrs) if read_attrs is None else read_attrs
-        query: dict[str, Any] = dict(attr_filter or {})
-        if nodes is None and roi is not None:
-            nodes = self.read_nodes(roi, read_attrs=[])
-        if nodes is not None:
-            if not nodes:
-                return []
-            query["u"] = {"$in": [int(n["id"]) for n in nodes]}
-        projection = {"_id": 0, "u": 1, "v": 1, **{a: 1 for a in attrs}}
-        return list(self.edges.find(query, projection))
+        return self.read_edge_columns(roi, nodes, attr_filter, attrs).records(["u", "v", *attrs])
 
     def read_graph(
         self,
@@ -235,13 +288,15 @@ class MongoDBGraphDataBase(GraphDataBase):
         return graph
 
     def num_nodes(self, roi: Roi | None = None) -> int:
-        return self.nodes.count_documents(self._roi_filter(roi))
+        if roi is None:
+            return self.node_table.count()
+        return len(self.read_node_columns(roi, read_attrs=[]))
 
     def num_edges(self) -> int:
-        return self.edges.count_documents({})
+        return self.edge_table.count()
 
     def has_edges(self, roi: Roi | None = None) -> bool:
-        return bool(self.read_edges(roi))
+        return len(self.read_edge_columns(roi, read_attrs=[])) > 0
 
     # ------------------------------------------------------------ writing
 
@@ -249,21 +304,38 @@ class MongoDBGraphDataBase(GraphDataBase):
         if self.mode == "r":
             raise RuntimeError("this graph database was opened read-only (mode 'r')")
 
-    def _position(self, data: dict[str, Any]) -> tuple | None:
-        position = data.get(self.position_attribute)
-        if position is None:
-            return None
-        return tuple(position) if self.ndims > 1 else (position,)
+    def _node_rows(
+        self, nodes: Any, roi: Roi | None, attrs: list[str]
+    ) -> tuple[Columns, np.ndarray]:
+        """The nodes whose position lies in `roi`, with their positions."""
+        names = list(dict.fromkeys(["id", self.position_attribute, *attrs]))
+        rows = Columns.from_records([{**data, "id": n} for n, data in nodes.items()], names)
+        rows.data["id"] = rows["id"].astype(ID_DTYPE)
+        positions = self._positions(rows)
+        inside = self._inside(positions, roi) if roi is not None else np.ones(len(rows), bool)
+        return rows.take(inside).select(["id", *attrs]), positions[inside]
 
-    def _insert(self, collection: Collection, docs: list[dict[str, Any]], fail: bool) -> None:
-        """Unordered bulk inserts; duplicate keys are skipped unless `fail`."""
-        for start in range(0, len(docs), BATCH):
-            try:
-                collection.insert_many(docs[start : start + BATCH], ordered=False)
-            except BulkWriteError as error:
-                errors = error.details.get("writeErrors", [])
-                if fail or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                    raise
+    def _edge_rows(
+        self, nodes: Any, edges: Iterable, roi: Roi | None, attrs: list[str]
+    ) -> tuple[Columns, np.ndarray]:
+        """Edges (u < v when undirected) whose `u` lies in `roi` (each edge belongs to
+        one block), with the positions of their `u` (NaN where unknown)."""
+        records = []
+        for u, v, data in edges:
+            if not self.directed and u > v:
+                u, v = v, u
+            records.append({**data, "u": u, "v": v})
+        rows = Columns.from_records(records, ["u", "v", *attrs])
+        rows.data["u"], rows.data["v"] = rows["u"].astype(ID_DTYPE), rows["v"].astype(ID_DTYPE)
+        unique, inverse = np.unique(rows["u"], return_inverse=True)
+        known = np.full((unique.size, self.ndims), np.nan)
+        for i, node_id in enumerate(unique.tolist()):
+            position = self._position(nodes[node_id]) if node_id in nodes else None
+            if position is not None:
+                known[i] = position
+        positions = known[inverse.reshape(-1)]
+        inside = self._inside(positions, roi)
+        return rows.take(inside), positions[inside]
 
     def write_nodes(
         self,
@@ -273,37 +345,24 @@ class MongoDBGraphDataBase(GraphDataBase):
         fail_if_exists: bool = False,
         delete: bool = False,
     ) -> None:
+        """Append the nodes in `roi`; ids already stored are skipped (or refused with
+        `fail_if_exists`). `delete` first removes the stored nodes in `roi`."""
         self._check_writable()
         attrs = list(self.node_attrs) if attributes is None else attributes
-        docs = []
-        for node_id, data in nodes.items():
-            position = self._position(data)
-            if roi is not None and (position is None or not roi.contains(position)):
-                continue
-            doc = {"_id": int(node_id)}
-            doc.update({a: _plain(data[a]) for a in attrs if data.get(a) is not None})
-            docs.append(doc)
+        rows, positions = self._node_rows(nodes, roi, [self.position_attribute, *attrs])
         if delete:
-            self.nodes.delete_many(self._roi_filter(roi))
-        if docs:
-            self._insert(self.nodes, docs, fail_if_exists)
+            self.delete_nodes(roi)
+        if len(rows):
+            existing = self.node_table.query(rows["id"])
+            self.node_table.append(rows, positions, existing, fail_if_exists)
 
-    def _edge_docs(
-        self, nodes: Any, edges: Iterable, roi: Roi | None, attrs: list[str]
-    ) -> list[dict[str, Any]]:
-        """Edge documents whose `u` lies in `roi` (each edge belongs to one block)."""
-        docs = []
-        for u, v, data in edges:
-            if not self.directed and u > v:
-                u, v = v, u
-            if roi is not None:
-                position = self._position(nodes[u]) if u in nodes else None
-                if position is None or not roi.contains(position):
-                    continue
-            doc = {"u": int(u), "v": int(v)}
-            doc.update({a: _plain(data[a]) for a in attrs if data.get(a) is not None})
-            docs.append(doc)
-        return docs
+    def delete_nodes(self, roi: Roi | None = None) -> None:
+        """Remove the stored nodes whose position lies in `roi` (all when None)."""
+        self._check_writable()
+        self.node_table.delete(
+            self.node_table.query(None, *self._roi_bounds(roi)),
+            lambda stored: self._inside(self._positions(stored), roi),
+        )
 
     def write_edges(
         self,
@@ -314,13 +373,16 @@ class MongoDBGraphDataBase(GraphDataBase):
         fail_if_exists: bool = False,
         delete: bool = False,
     ) -> None:
+        """Append the edges whose `u` lies in `roi`; pairs already stored are skipped
+        (or refused with `fail_if_exists`). `delete` first removes every edge."""
         self._check_writable()
         attrs = list(self.edge_attrs) if attributes is None else attributes
-        docs = self._edge_docs(nodes, edges(data=True), roi, attrs)
+        rows, positions = self._edge_rows(nodes, edges(data=True), roi, attrs)
         if delete:
-            self.edges.delete_many({})
-        if docs:
-            self._insert(self.edges, docs, fail_if_exists)
+            self.drop_edges()
+        if len(rows):
+            existing = self.edge_table.query(rows["u"], *bounds(positions), inclusive=True)
+            self.edge_table.append(rows, positions, existing, fail_if_exists)
 
     def write_graph(
         self,
@@ -345,24 +407,17 @@ class MongoDBGraphDataBase(GraphDataBase):
         node_attrs: list[str] | None = None,
         edge_attrs: list[str] | None = None,
     ) -> None:
-        """Update attributes of existing nodes and edges (upserts only here)."""
+        """Update attributes of stored nodes and edges; nothing is added."""
         self._check_writable()
-        node_ops = []
-        for node_id, data in graph.nodes(data=True):
-            position = self._position(data)
-            if roi is not None and (position is None or not roi.contains(position)):
-                continue
-            values = {a: _plain(data.get(a)) for a in node_attrs or []}
-            if values:
-                node_ops.append(UpdateOne({"_id": int(node_id)}, {"$set": values}))
-        edge_ops = [
-            UpdateOne({"u": d["u"], "v": d["v"]}, {"$set": d})
-            for d in self._edge_docs(graph.nodes, graph.edges(data=True), roi, edge_attrs or [])
-            if len(d) > 2
-        ]
-        for collection, ops in ((self.nodes, node_ops), (self.edges, edge_ops)):
-            for start in range(0, len(ops), BATCH):
-                collection.bulk_write(ops[start : start + BATCH], ordered=False)
+        if node_attrs:
+            rows, _ = self._node_rows(graph.nodes, roi, node_attrs)
+            if len(rows):
+                self.node_table.update(rows, self.node_table.query(rows["id"]), node_attrs)
+        if edge_attrs:
+            rows, positions = self._edge_rows(graph.nodes, graph.edges(data=True), roi, edge_attrs)
+            if len(rows):
+                query = self.edge_table.query(rows["u"], *bounds(positions), inclusive=True)
+                self.edge_table.update(rows, query, edge_attrs)
 
     # ------------------------------------------------------------ block bookkeeping
 
@@ -372,7 +427,7 @@ class MongoDBGraphDataBase(GraphDataBase):
     def mark_block_done(self, task: str, block_id: int, **info: Any) -> None:
         self.blocks.update_one(
             {"task": task, "block_id": int(block_id)},
-            {"$set": {k: _plain(v) for k, v in info.items()}},
+            {"$set": {k: plain_value(v) for k, v in info.items()}},
             upsert=True,
         )
 
@@ -381,6 +436,16 @@ class MongoDBGraphDataBase(GraphDataBase):
 
     def reset_blocks(self, task: str) -> None:
         self.blocks.delete_many({"task": task})
+
+
+def _matches(rows: Columns, attr_filter: dict[str, Any]) -> np.ndarray:
+    """Rows whose attributes equal the filter's values (or are among them, for lists)."""
+    keep = np.ones(len(rows), dtype=bool)
+    for name, wanted in attr_filter.items():
+        values = rows[name]
+        many = isinstance(wanted, list | tuple | set)
+        keep &= np.isin(values, list(wanted)) if many else values == wanted
+    return keep
 
 
 # ---------------------------------------------------------------- connections per process

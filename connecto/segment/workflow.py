@@ -234,13 +234,14 @@ def lookup_table(
     whose merge score is below `threshold`; `mutex_watershed`: edges weighted by
     threshold - merge score, strongest first, repulsive ones keep segments apart. A segment
     is named by its smallest fragment id, so ids never collide with unmapped fragments."""
-    ids = np.array(sorted(n["id"] for n in graph.read_nodes(read_attrs=[])), dtype=np.uint64)
+    ids = np.sort(graph.read_node_columns(read_attrs=[])["id"])
     if ids.size == 0:
         raise ConnectoError("the segment graph has no fragments")
-    edges = graph.read_edges(read_attrs=[MERGE_SCORE])
-    u = np.array([e["u"] for e in edges], dtype=np.uint64)
-    v = np.array([e["v"] for e in edges], dtype=np.uint64)
-    score = np.array([e.get(MERGE_SCORE, 1.0) for e in edges], dtype=np.float64)
+    edges = graph.read_edge_columns(read_attrs=[MERGE_SCORE])
+    u, v, score = edges["u"], edges["v"], edges[MERGE_SCORE]
+    if score.dtype == object:  # an edge without a score never merges
+        score = np.array([1.0 if s is None else s for s in score.tolist()])
+    score = score.astype(np.float64)
     known = np.isin(u, ids) & np.isin(v, ids)
     iu, iv = np.searchsorted(ids, u), np.searchsorted(ids, v)
     if method == "mutex_watershed":
