@@ -1,7 +1,8 @@
 """Raw EM volumes in zarr or N5, read through funlib.persistence.
 
 Coordinates are world units (nanometres), z-y-x. One normalisation maps raw intensities
-to float32 in [-1, 1]; training (gunpowder) and prediction (`read_crop`) both use it.
+to float32 in [-1, 1]; training (gunpowder) and prediction (`read_crop`) both use it, and
+both read crops through `read_roi`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from connecto import ConnectoError
 # `value * RAW_SCALE + RAW_SHIFT` (after intensity augmentation, which needs [0, 1]).
 RAW_SCALE = 2.0
 RAW_SHIFT = -1.0
+NETWORK_RANGE = (RAW_SHIFT, RAW_SHIFT + RAW_SCALE)
 
 
 def raw_scale(dtype: np.dtype | type) -> float:
@@ -31,10 +33,25 @@ def raw_scale(dtype: np.dtype | type) -> float:
     return 1.0
 
 
+def scale_raw(
+    data: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0), out: np.ndarray | None = None
+) -> np.ndarray:
+    """Raw intensities as float32, mapped linearly from [0, 1] after `raw_scale` to
+    `value_range` ([0, 1]: what intensity augmentation expects); into `out` if given."""
+    low, high = value_range
+    if out is None:
+        out = data.astype(np.float32)
+    else:
+        out[...] = data
+    out *= np.float32(raw_scale(data.dtype) * (high - low))  # in place: one pass each
+    if low:
+        out += np.float32(low)
+    return out
+
+
 def normalize_raw(data: np.ndarray) -> np.ndarray:
     """Raw intensities as float32 in [-1, 1], exactly as the training pipeline sees them."""
-    scaled = data.astype(np.float32) * np.float32(raw_scale(data.dtype))
-    return scaled * np.float32(RAW_SCALE) + np.float32(RAW_SHIFT)
+    return scale_raw(data, NETWORK_RANGE)
 
 
 def is_n5(container: str | Path) -> bool:
@@ -86,21 +103,44 @@ def open_raw(container: str | Path, dataset: str) -> Array:
     return open_ds(store, mode="r", path=dataset, **override)
 
 
+def voxel_origin(voxel_size: Sequence[int], point_nm: Sequence[float]) -> Coordinate:
+    """The world position (nm) of the voxel grid's voxel that `point_nm` lies in."""
+    return Coordinate(int(np.floor(c / v)) * v for c, v in zip(point_nm, voxel_size, strict=True))
+
+
 def crop_roi(array: Array, center_nm: Sequence[float], shape_voxels: Sequence[int]) -> Roi:
-    """The ROI of `shape_voxels` voxels centred on `center_nm`, on the voxel grid: voxel
-    index `center // voxel_size` is at `shape // 2` inside the crop (as gunpowder's
-    `SpecifiedLocation` places it)."""
+    """The ROI of `shape_voxels` voxels centred on `center_nm`, on the voxel grid: the
+    voxel `center_nm` lies in is at `shape // 2` inside the crop (as training's
+    `SynapseBatchSource` and `batch_request` place it)."""
     voxel_size = Coordinate(array.voxel_size)
     shape = Coordinate(shape_voxels)
-    center_voxel = Coordinate(
-        int(np.floor(c / v)) for c, v in zip(center_nm, voxel_size, strict=True)
-    )
-    begin = (center_voxel - shape // 2) * voxel_size
+    begin = voxel_origin(voxel_size, center_nm) - (shape // 2) * voxel_size
     return Roi(begin, shape * voxel_size)
+
+
+def read_roi(array: Array, roi: Roi) -> np.ndarray:
+    """`roi` (on the voxel grid) of `array` in its dtype, zero outside the volume: as
+    `array.to_ndarray(roi, fill_value=0)`, but straight from the zarr/N5 array underneath.
+    funlib reads through dask, whose graph building and scheduling cost about as much as
+    decoding a training crop's chunks; arrays with lazy ops or channels still go that way."""
+    source = array._source_data  # funlib.persistence 0.6: the array `open_ds` opened
+    if array.lazy_ops or array.channel_dims or not isinstance(source, zarr.Array | np.ndarray):
+        return array.to_ndarray(roi, fill_value=0)
+    voxel_size = Coordinate(array.voxel_size)
+    wanted = (roi - array.offset) / voxel_size  # in voxels of `source`
+    if wanted * voxel_size + array.offset != roi:
+        raise ValueError(f"ROI {roi} is not on the voxel grid of {array.roi} ({voxel_size})")
+    inside = wanted.intersect(Roi((0,) * wanted.dims, source.shape))
+    if inside == wanted:
+        data = source[wanted.to_slices()]
+        return data.copy() if isinstance(source, np.ndarray) else data  # a view otherwise
+    data = np.zeros(wanted.shape, dtype=source.dtype)
+    if not inside.empty:
+        data[(inside - wanted.offset).to_slices()] = source[inside.to_slices()]
+    return data
 
 
 def read_crop(array: Array, center_nm: Sequence[float], shape_voxels: Sequence[int]) -> np.ndarray:
     """`shape_voxels` of raw around `center_nm`, normalised like training (float32 in
-    [-1, 1]); parts outside the volume read as zero raw, as training's padding does."""
-    roi = crop_roi(array, center_nm, shape_voxels)
-    return normalize_raw(array.to_ndarray(roi, fill_value=0))
+    [-1, 1]); parts outside the volume read as zero raw, as training's do."""
+    return normalize_raw(read_roi(array, crop_roi(array, center_nm, shape_voxels)))
