@@ -5,8 +5,11 @@ quality of a short CPU training on the NeuroProof volume.
    2 workers: fragments + edges (volara's ExtractFrags + AffAgglom) writing to MongoDB
    (connecto) and to SQLite (volara's own tasks); graph write throughput on 50k edges.
 2. Quality: MTLSD trained for BENCH_SEGMENT_ITERATIONS (default 300) on the template's
-   train ROI, predicted blockwise on its test ROI, VOI/ARAND at the best threshold, next
-   to the shipped watershed supervoxels as the baseline.
+   train ROI (or the checkpoint BENCH_SEGMENT_CHECKPOINT), predicted blockwise on its test
+   ROI, VOI/ARAND/ERL at the best threshold, next to the shipped watershed supervoxels as
+   the baseline, with each stage's share: other fragments, waterz on the whole volume, and
+   ground-truth affinities through the same post-processing.
+BENCH_SEGMENT_PARTS=speed,throughput,quality chooses the parts.
 
 The MongoDB server is the configured one (CONNECTO_MONGO_URI), else the embedded one.
 """
@@ -24,6 +27,8 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence.graphs import SQLiteGraphDataBase
 from funlib.persistence.types import Vec
+from pymongo.collection import Collection
+from pymongo.database import Database
 from volara.blockwise import AffAgglom, ExtractFrags
 from volara.datasets import Affs, Labels
 from volara.dbs import SQLite
@@ -34,7 +39,8 @@ from connecto.db.graph import MongoDBGraphDataBase, process_client
 from connecto.evaluate.segmentation import score_segmentation
 from connecto.experiment import prepare_training
 from connecto.resources import resource_dir
-from connecto.segment.config import SegmentConfig, load_segment_config
+from connecto.segment.agglomerate import MERGE_FUNCTIONS, waterz_affinities
+from connecto.segment.config import STEPS, SegmentConfig, load_segment_config
 from connecto.segment.tasks import MEAN_AFFINITY, run_task
 from connecto.segment.workflow import (
     agglomerate,
@@ -53,6 +59,7 @@ H5 = DATA / "neuroproof_ts2_raw_gt.h5"
 BLOCK = (64, 64, 64)
 CONTEXT = (8, 8, 8)
 WORKERS = 2
+NEIGHBORHOOD = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
 
 
 def _timed(function, *args, **kwargs) -> tuple[float, object]:  # noqa: ANN001
@@ -100,6 +107,35 @@ def speed(work: Path, db_name: str) -> None:
     print(f"  ratio volara/connecto: {volara_total / connecto_total:.2f} (goal >= 1.0)")
 
 
+def _document_writes(db: Database, graph: nx.Graph) -> tuple[float, float]:
+    """Seconds to write the graph as one document per node and per edge (the LSD layout,
+    unique `id` and `(u, v)` indexes created first, unordered `insert_many` of 10k): the
+    alternative the column chunks are measured against."""
+    nodes, edges = db["throughput_lsd_nodes"], db["throughput_lsd_edges"]
+    nodes.create_index("id", unique=True)
+    edges.create_index([("u", 1), ("v", 1)], unique=True)
+
+    def insert(collection: Collection, docs: list[dict]) -> None:
+        for start in range(0, len(docs), 10_000):
+            collection.insert_many(docs[start : start + 10_000], ordered=False)
+
+    def node_docs() -> list[dict]:
+        return [
+            {"id": n, "center_z": p[0], "center_y": p[1], "center_x": p[2], "size": d["size"]}
+            for n, d in graph.nodes(data=True)
+            for p in [d["position"]]
+        ]
+
+    def edge_docs() -> list[dict]:
+        return [{"u": min(u, v), "v": max(u, v), **d} for u, v, d in graph.edges(data=True)]
+
+    t_nodes, _ = _timed(lambda: insert(nodes, node_docs()))
+    t_edges, _ = _timed(lambda: insert(edges, edge_docs()))
+    nodes.drop()
+    edges.drop()
+    return t_nodes, t_edges
+
+
 def throughput(work: Path, db_name: str, n_nodes: int = 20_000, n_edges: int = 50_000) -> None:
     rng = np.random.default_rng(0)
     graph = nx.Graph()
@@ -133,6 +169,9 @@ def throughput(work: Path, db_name: str, n_nodes: int = 20_000, n_edges: int = 5
         print(f"  {name:8s} nodes {n_nodes / t_nodes:9.0f}/s  edges {n_edges / t_edges:9.0f}/s"
               f"  ROI read (1/125 of the volume) {t_read * 1000:4.0f} ms"
               f"  whole graph read {t_all * 1000:5.0f} ms")  # fmt: skip
+    t_nodes, t_edges = _document_writes(process_client()[db_name], graph)
+    print(f"  MongoDB, one document per node and edge (LSD layout, unique indexes): "
+          f"nodes {n_nodes / t_nodes:.0f}/s  edges {n_edges / t_edges:.0f}/s")  # fmt: skip
     t_columns, _ = _timed(mongo.read_edge_columns, None, None, None, ["merge_score"])
     print(
         f"  MongoDB  all edge scores as arrays (the agglomeration read) {t_columns * 1000:.0f} ms"
@@ -140,10 +179,12 @@ def throughput(work: Path, db_name: str, n_nodes: int = 20_000, n_edges: int = 5
     print("  goal: MongoDB edge writes >= 50000/s")
 
 
-def quality(work: Path, db_name: str, iterations: int) -> None:
-    data = work / "neuroproof.zarr"
-    ingest(H5, data, datasets=["volumes/raw", "volumes/labels/neuron_ids"], progress=False)
-    template = load_train_config(resource_dir("experiments") / "segmentation" / "train_config.toml")
+def _trained_setup(work: Path, data: Path, iterations: int) -> tuple[Path, str]:
+    """A checkpoint: BENCH_SEGMENT_CHECKPOINT if set (trained before, e.g. on a GPU),
+    else `iterations` of CPU training now. Returns it and a line saying how it was made."""
+    given = os.environ.get("BENCH_SEGMENT_CHECKPOINT")
+    if given:
+        return Path(given), f"checkpoint {given} (trained before this run)"
     setup, _, _ = prepare_training(
         work / "runs", "bench", 0, task="segmentation",
         overrides=[f'raw_container="{data}"', "fmaps=6", "fmap_inc_factor=3", "augment=false",
@@ -151,33 +192,91 @@ def quality(work: Path, db_name: str, iterations: int) -> None:
                    "learning_rate=5e-4", "worker.num_cache_workers=2"],
     )  # fmt: skip
     t_train, result = _timed(train, setup, iterations, progress=False)
-    segment = work / "segment_config.toml"
+    return setup.checkpoint(iterations), (
+        f"{iterations} CPU iterations (training {t_train:.0f} s, last loss {result.last_loss:.4f})"
+    )
+
+
+def quality(work: Path, db_name: str, iterations: int) -> None:
+    """MTLSD on the test slab, and where the error comes from: the same affinities
+    through other fragments and through waterz on the whole volume, the ground-truth
+    affinities through the same post-processing, and the shipped supervoxels."""
+    import tomli_w
+    import waterz
+
+    data = work / "neuroproof.zarr"
+    ingest(H5, data, datasets=["volumes/raw", "volumes/labels/neuron_ids"], progress=False)
+    template = load_train_config(resource_dir("experiments") / "segmentation" / "train_config.toml")
+    checkpoint, how = _trained_setup(work, data, iterations)
     config, _ = load_segment_config(
         resource_dir("experiments") / "segmentation" / "segment_config.toml"
     )
-    values = config.model_dump(mode="json", exclude_none=True)
-    values.update(
+    base = config.model_dump(mode="json", exclude_none=True)
+    base.update(
         raw_container=str(data), labels_container=str(H5), roi=template.test_roi,
-        checkpoint=str(setup.checkpoint(iterations)), output_container=str(work / "segment.zarr"),
-        db_name=db_name, num_workers=WORKERS,
+        output_container=str(work / "segment.zarr"), db_name=db_name, num_workers=WORKERS,
+        thresholds=[round(0.05 * i, 2) for i in range(1, 20)],
     )  # fmt: skip
-    import tomli_w
 
-    segment.write_text(tomli_w.dumps(values))
-    t_segment, report = _timed(run_steps, segment)
-    best = best_threshold(report.scores)
+    def variant(name: str, steps: tuple[str, ...], **values: object) -> tuple[float, object]:
+        path = work / f"segment_{name}.toml"
+        path.write_text(tomli_w.dumps({**base, "graph": name, **values}))
+        elapsed, report = _timed(run_steps, path, steps)
+        return elapsed, best_threshold(report.scores)
+
+    rows = []
+    t_model, model = variant("mtlsd", STEPS, checkpoint=str(checkpoint))
+    rows.append(("MTLSD affinities, connecto defaults", model, t_model))
+    steps = ("fragments", "agglomerate", "extract", "evaluate")
+    for name, values in (
+        ("mutex", {"fragments_method": "mutex_watershed"}),
+        ("hist_quant_50", {"merge_function": "hist_quant_50", "context": [16, 16, 16]}),
+    ):
+        datasets = {"fragments_dataset": f"fragments_{name}",
+                    "segmentation_dataset": f"segmentation_{name}"}  # fmt: skip
+        elapsed, result = variant(name, steps, **datasets, **values)
+        rows.append((f"MTLSD affinities, {name}", result, elapsed))
     test_roi = Roi(*template.test_roi)
     truth = open_volume(H5, "volumes/labels/neuron_ids").to_ndarray(test_roi)
+    affs = open_volume(work / "segment.zarr", "affs").to_ndarray(test_roi).astype(np.float32)
+    start = time.perf_counter()
+    anchor = min(
+        (score_segmentation(s, truth), t)
+        for s, t in zip(
+            waterz.agglomerate(waterz_affinities(affs / 255.0, NEIGHBORHOOD), base["thresholds"],
+                               scoring_function=MERGE_FUNCTIONS["hist_quant_50"],
+                               discretize_queue=256),
+            base["thresholds"], strict=True,
+        )
+    )  # fmt: skip
+    rows.append(("MTLSD affinities, waterz whole volume", anchor, time.perf_counter() - start))
+    gt_values = {"output_container": str(work / "gt.zarr")}
+    gt_affinities(load_segment_config(_write(work / "gt.toml", {**base, **gt_values}))[0])
+    elapsed, perfect = variant("gt", steps, **gt_values)
+    rows.append(("ground-truth affinities, defaults", perfect, elapsed))
     supervoxels = open_volume(H5, "volumes/labels/watershed_supervoxels").to_ndarray(test_roi)
-    baseline = score_segmentation(supervoxels, truth)
-    print(f"quality on the test ROI {test_roi} after {iterations} CPU iterations "
-          f"(training {t_train:.0f} s, last loss {result.last_loss:.4f}; "
-          f"predict + segment + evaluate {t_segment:.0f} s)")  # fmt: skip
-    print(f"  {'':28s} {'VOI split':>9s} {'VOI merge':>9s} {'VOI':>7s} {'ARAND':>7s}")
-    rows = [(f"MTLSD, threshold {best.threshold:g}", best.scores),
-            ("watershed supervoxels", baseline)]  # fmt: skip
-    for name, s in rows:
-        print(f"  {name:28s} {s.voi_split:9.3f} {s.voi_merge:9.3f} {s.voi:7.3f} {s.arand:7.3f}")
+    rows.append(("watershed supervoxels (baseline)", score_segmentation(supervoxels, truth), 0.0))
+
+    print(f"quality on the test ROI {test_roi}: {how}")
+    print(f"  {'':38s} {'thr':>5s} {'VOI split':>9s} {'VOI merge':>9s} {'VOI':>7s} "
+          f"{'ARAND':>7s} {'ERL nm':>7s} {'time s':>7s}")  # fmt: skip
+    for name, result, elapsed in rows:
+        if isinstance(result, tuple):  # (scores, threshold)
+            s, threshold, erl = result[0], f"{result[1]:.2f}", "-"
+        elif hasattr(result, "scores"):
+            s, threshold = result.scores, f"{result.threshold:.2f}"
+            erl = f"{result.run_length.erl:.0f}" if result.run_length else "-"
+        else:
+            s, threshold, erl = result, "-", "-"
+        print(f"  {name:38s} {threshold:>5s} {s.voi_split:9.3f} {s.voi_merge:9.3f} {s.voi:7.3f} "
+              f"{s.arand:7.3f} {erl:>7s} {elapsed:7.1f}")  # fmt: skip
+
+
+def _write(path: Path, values: dict) -> Path:
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(values))
+    return path
 
 
 def main() -> None:
@@ -189,9 +288,12 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench_segment_") as tmp:
             work = Path(tmp)
-            speed(work, db_name)
-            throughput(work, db_name)
-            if iterations > 0:
+            parts = os.environ.get("BENCH_SEGMENT_PARTS", "speed,throughput,quality")
+            if "speed" in parts:
+                speed(work, db_name)
+            if "throughput" in parts:
+                throughput(work, db_name)
+            if "quality" in parts and (iterations > 0 or "BENCH_SEGMENT_CHECKPOINT" in os.environ):
                 quality(work, db_name, iterations)
     finally:
         process_client().drop_database(db_name)

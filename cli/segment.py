@@ -32,16 +32,21 @@ def _print(report: SegmentReport) -> None:
         typer.echo(f"{step.step}: {'skipped, ' if step.skipped else ''}{step.detail}")
     if not report.scores:
         return
-    table = Table("threshold", "VOI split", "VOI merge", "VOI", "ARAND", title="segmentation")
+    table = Table(
+        "threshold", "VOI split", "VOI merge", "VOI", "ARAND", "ERL nm", "mergers", "splits",
+        title="segmentation",
+    )  # fmt: skip
     best = report.best
     for result in report.scores:
-        s = result.scores
+        s, r = result.scores, result.run_length
         mark = " (best)" if result is best else ""
         table.add_row(
             f"{result.threshold:g}{mark}", f"{s.voi_split:.4f}", f"{s.voi_merge:.4f}",
             f"{s.voi:.4f}", f"{s.arand:.4f}",
+            *((f"{r.erl:.0f} of {r.max_erl:.0f}", str(r.n_mergers), str(r.n_splits))
+              if r else ("-", "-", "-")),
         )  # fmt: skip
-    Console(width=100).print(table)
+    Console(width=120).print(table)
     assert best is not None
     typer.echo(
         f"best threshold: {best.threshold:g} (VOI {best.scores.voi:.4f}, "
@@ -58,19 +63,87 @@ def _step(*steps: str):  # noqa: ANN202 - a Typer command factory
     return command
 
 
+@app.command("gt-affinities")
+def gt_affinities(
+    config: Path = CONFIG,
+    overwrite: bool = OVERWRITE,
+    degrade: str | None = typer.Option(
+        None, "--degrade", help="clean, mild or strong: blur, noise, leaks, missing sections"
+    ),
+    seed: int = typer.Option(0, "--seed", help="seed of the degradation"),
+) -> None:
+    """Affinities computed from the ground-truth labels: perfect, or degraded the way a
+    network's predictions are (to tune the post-processing without a network)."""
+    from connecto.segment.workflow import make_gt_affinities
+
+    _print(make_gt_affinities(config, overwrite, degrade, seed))
+
+
 HELP = {
-    "gt-affinities": "Affinities computed from the ground-truth labels (perfect predictions).",
     "predict": "Affinities (and LSDs) from the checkpoint, blockwise, resumable.",
-    "fragments": "Fragments per block (mutex watershed) and their nodes in MongoDB.",
-    "agglomerate": "Edges between fragments with mean affinity and merge score.",
+    "fragments": "Fragments per block (watershed on the boundary distance, or mutex "
+    "watershed) and their nodes in MongoDB.",
+    "agglomerate": "Edges between fragments with the merge score of waterz's hierarchical "
+    "agglomeration per block.",
     "extract": "One segmentation per threshold (lookup table + blockwise relabel).",
-    "evaluate": "VOI split/merge and ARAND per threshold; names the best.",
+    "evaluate": "VOI split/merge, ARAND and ERL (expected run length) per threshold; names "
+    "the best.",
 }
 for _name, _help in HELP.items():
     app.command(_name, help=_help)(_step(_name))
 app.command("run", help=f"All steps in order ({', '.join(STEPS)}), skipping work done.")(
     _step(*STEPS)
 )
+
+NODES = typer.Option(None, "--nodes", help="nodes collection (default: <graph>_lsd_nodes)")
+EDGES = typer.Option(None, "--edges", help="edges collection (default: <graph>_lsd_edges)")
+DB = typer.Option(None, "--db", help="database of the collections (default: db_name)")
+
+
+@app.command("export-graph")
+def export_graph_command(
+    config: Path = CONFIG, nodes: str | None = NODES, edges: str | None = EDGES,
+    db: str | None = DB, overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace non-empty collections"),
+) -> None:  # fmt: skip
+    """The segment graph as one document per node and edge (LSD layout, mongo shell)."""
+    from connecto.db.graph import process_client
+    from connecto.db.graph_documents import export_graph
+    from connecto.segment.config import load_segment_config
+    from connecto.segment.workflow import open_graph
+
+    segment, _ = load_segment_config(config)
+    database = process_client()[db or segment.db_name]
+    nodes, edges = nodes or f"{segment.graph}_lsd_nodes", edges or f"{segment.graph}_lsd_edges"
+    counts = export_graph(open_graph(segment, "r"), database, nodes, edges, overwrite)
+    typer.echo(f"exported {counts[0]} nodes to {database.name}.{nodes} and "
+               f"{counts[1]} edges to {database.name}.{edges}")  # fmt: skip
+
+
+@app.command("import-graph")
+def import_graph_command(
+    config: Path = CONFIG, nodes: str | None = NODES, edges: str | None = EDGES,
+    db: str | None = DB, overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace the segment graph if it exists"),
+) -> None:  # fmt: skip
+    """Per-document nodes and edges (LSD layout) into the config's segment graph."""
+    from connecto.db.graph import process_client
+    from connecto.db.graph_documents import check_documents, import_graph
+    from connecto.segment.config import load_segment_config
+    from connecto.segment.workflow import graph_config
+
+    segment, _ = load_segment_config(config)
+    database = process_client()[db or segment.db_name]
+    nodes, edges = nodes or f"{segment.graph}_lsd_nodes", edges or f"{segment.graph}_lsd_edges"
+    # before opening the graph "w" drops its collections
+    check_documents(database, nodes, edges, into=(segment.db_name, segment.prefix))
+    try:  # as volara's DB.init: create the graph only when it does not exist
+        graph = graph_config(segment).open("w" if overwrite else "r+")
+    except RuntimeError:
+        graph = graph_config(segment).open("w")
+    counts = import_graph(database, nodes, edges, graph)
+    typer.echo(f"imported {counts[0]} nodes and {counts[1]} edges into the graph "
+               f"'{segment.graph}' of database {segment.db_name}")  # fmt: skip
 
 
 def register(root: typer.Typer) -> None:

@@ -1,7 +1,12 @@
 """The MongoDB segment graph on the real server: round trips, ROI queries, duplicates,
-attribute updates, block bookkeeping and the volara-style `MongoDB` config."""
+attribute updates, block bookkeeping, the volara-style `MongoDB` config, and the export to
+(and import from) one document per node and edge."""
 
 from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -207,3 +212,178 @@ def test_volara_style_config(db_name: str, mongo_client: MongoClient):
     assert (graph.num_nodes(), graph.num_edges()) == (64, 0)
     config.drop()
     assert "np_nodes" not in mongo_client[db_name].list_collection_names()
+
+
+# ---------------------------------------------------------------- one document per node and edge
+
+
+def _large_id_graph() -> nx.Graph:
+    """300 nodes with ids above 2**32 and ~400 edges with random scores; one edge
+    lacks its mean affinity (a missing field, not a null)."""
+    rng = np.random.default_rng(3)
+    base = 2**33
+    graph = nx.Graph()
+    for i in range(300):
+        position = tuple(float(p) for p in rng.uniform(0, 1000, 3).round(1))
+        graph.add_node(base + i, position=position, size=int(rng.integers(1, 500)))
+    while graph.number_of_edges() < 400:
+        u, v = (base + int(i) for i in rng.integers(0, 300, 2))
+        if u != v:
+            score = float(rng.random())
+            graph.add_edge(u, v, merge_score=score, mean_affinity=1 - score)
+    del graph.edges[next(iter(graph.edges))]["mean_affinity"]
+    return graph
+
+
+def _sorted_columns(columns: Columns, keys: list[str]) -> dict[str, list]:
+    order = np.lexsort([columns[k] for k in reversed(keys)])
+    return {name: values[order].tolist() for name, values in columns.data.items()}
+
+
+def test_export_and_import_documents_round_trip(
+    graph_db: MongoDBGraphDataBase, mongo_client: MongoClient, db_name: str
+):
+    from connecto.db.graph_documents import export_graph, import_graph
+
+    graph = _large_id_graph()
+    graph_db.write_graph(graph)
+    db = mongo_client[db_name]
+    assert export_graph(graph_db, db, "lsd_nodes", "lsd_edges") == (300, 400)
+
+    nodes, edges = db["lsd_nodes"], db["lsd_edges"]
+    node_id = min(graph.nodes)
+    node = nodes.find_one({"id": node_id}, {"_id": 0})
+    z, y, x = graph.nodes[node_id]["position"]
+    assert node == {
+        "id": node_id, "center_z": z, "center_y": y, "center_x": x,
+        "size": graph.nodes[node_id]["size"],
+    }  # fmt: skip
+    assert nodes.count_documents({"id": {"$type": "long"}}) == 300
+    u = min(min(e) for e in graph.edges)
+    expected = sorted(max(e) for e in graph.edges(u))
+    found = list(edges.find({"u": u}))
+    assert sorted(doc["v"] for doc in found) == expected
+    assert all(doc["merge_score"] == graph.edges[u, doc["v"]]["merge_score"] for doc in found)
+    low = {(min(a, b), max(a, b)) for a, b, s in graph.edges(data="merge_score") if s < 0.3}
+    assert {(d["u"], d["v"]) for d in edges.find({"merge_score": {"$lt": 0.3}})} == low
+    assert len(low) > 50
+    assert edges.count_documents({"mean_affinity": {"$exists": False}}) == 1
+    node_index, edge_index = nodes.index_information()["id"], edges.index_information()["u_v"]
+    assert node_index["unique"] and node_index["key"] == [("id", 1)]
+    assert edge_index["unique"] and edge_index["key"] == [("u", 1), ("v", 1)]
+
+    copy = MongoDBGraphDataBase(db, mode="w", prefix="copy_", node_attrs=NODE_ATTRS)
+    assert import_graph(db, "lsd_nodes", "lsd_edges", copy) == (300, 400)
+    back = MongoDBGraphDataBase(db, mode="r", prefix="copy_")
+    # attributes the documents hold are declared, with their types
+    assert back.node_attrs == NODE_ATTRS and back.edge_attrs == EDGE_ATTRS
+    for original, imported, keys in (
+        (graph_db.read_node_columns(), back.read_node_columns(), ["id"]),
+        (graph_db.read_edge_columns(), back.read_edge_columns(), ["u", "v"]),
+    ):
+        assert imported["id" if keys == ["id"] else "u"].dtype == np.uint64
+        assert _sorted_columns(imported, keys) == _sorted_columns(original, keys)
+    assert back.read_graph(Roi((0, 0, 0), (500, 500, 500))).number_of_nodes() > 0
+
+
+def test_export_refuses_non_empty_targets(
+    graph_db: MongoDBGraphDataBase, mongo_client: MongoClient, db_name: str
+):
+    from connecto.db.graph_documents import export_graph, import_graph
+
+    graph_db.write_graph(_graph())
+    db = mongo_client[db_name]
+    db["lsd_edges"].insert_one({"u": 1, "v": 2, "merge_score": 0.9})
+    with pytest.raises(ConnectoError, match=f"{db_name}.lsd_edges is not empty"):
+        export_graph(graph_db, db, "lsd_nodes", "lsd_edges")
+    assert db["lsd_edges"].count_documents({}) == 1
+    assert "lsd_nodes" not in db.list_collection_names()
+    assert export_graph(graph_db, db, "lsd_nodes", "lsd_edges", overwrite=True) == (64, 63)
+    assert db["lsd_edges"].count_documents({"merge_score": 0.9}) == 0
+    # the graph's own chunk collections are never a target, even with overwrite
+    with pytest.raises(ConnectoError, match="column chunks of the segment graph 'vol_run_'"):
+        export_graph(graph_db, db, "vol_run_nodes", "lsd_edges", overwrite=True)
+    assert graph_db.num_nodes() == 64
+    # an import into a graph that holds rows is refused, as are ids int64 cannot hold
+    with pytest.raises(ConnectoError, match="'vol_run_' .* is not empty"):
+        import_graph(db, "lsd_nodes", "lsd_edges", graph_db)
+    db["big_nodes"].insert_one({"id": -1, "center_z": 0, "center_y": 0, "center_x": 0})
+    empty = MongoDBGraphDataBase(db, mode="w", prefix="empty_", node_attrs=NODE_ATTRS)
+    with pytest.raises(ConnectoError, match="has id -1: ids must be integers from 0"):
+        import_graph(db, "big_nodes", "lsd_edges", empty)
+
+
+def test_import_accepts_position_and_shell_documents(mongo_client: MongoClient, db_name: str):
+    """Documents as the mongo shell writes them (ids as doubles) with `position` instead of
+    `center_*` and attributes the graph does not declare yet."""
+    from connecto.db.graph_documents import check_documents, import_graph
+
+    db = mongo_client[db_name]
+    db["shell_nodes"].insert_many([
+        {"id": 1.0, "position": [0.0, 10.0, 20.0], "size": 3, "filtered": False},
+        {"id": 2, "center_z": 5, "center_y": 5, "center_x": 5, "size": 4, "filtered": True},
+    ])  # fmt: skip
+    db["shell_edges"].insert_one({"u": 2, "v": 1, "merge_score": 0.25, "kind": "z"})
+    graph = MongoDBGraphDataBase(db, mode="w", prefix="copy_", node_attrs=NODE_ATTRS)
+    assert import_graph(db, "shell_nodes", "shell_edges", graph) == (2, 1)
+    back = MongoDBGraphDataBase(db, mode="r", prefix="copy_")
+    assert back.node_attrs == {**NODE_ATTRS, "filtered": bool}
+    assert back.edge_attrs == {"merge_score": float, "kind": str}
+    assert back.read_nodes() == [
+        {"id": 1, "position": [0.0, 10.0, 20.0], "size": 3, "filtered": False},
+        {"id": 2, "position": [5.0, 5.0, 5.0], "size": 4, "filtered": True},
+    ]
+    assert back.read_edges() == [{"u": 1, "v": 2, "merge_score": 0.25, "kind": "z"}]
+    # documents named like a graph's collections: creating that graph would drop them
+    with pytest.raises(ConnectoError, match="belongs to the graph 'shell_' it would be"):
+        check_documents(db, "shell_nodes", "shell_edges", into=(db_name, "shell_"))
+
+
+def test_export_refuses_ids_above_int64(
+    graph_db: MongoDBGraphDataBase, mongo_client: MongoClient, db_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    """The chunks keep uint64 ids; the documents' int64 cannot hold the top half."""
+    from connecto.db.graph_documents import export_graph
+
+    huge = Columns({"id": np.array([2**63 + 5], dtype=np.uint64), "size": np.array([1])})
+    monkeypatch.setattr(graph_db, "read_node_columns", lambda: huge)
+    with pytest.raises(ConnectoError, match=r"node id 9223372036854775813 is above 2\*\*63"):
+        export_graph(graph_db, mongo_client[db_name], "lsd_nodes", "lsd_edges")
+    assert "lsd_nodes" not in mongo_client[db_name].list_collection_names()
+
+
+def test_cli_export_and_import_graph(
+    graph_db: MongoDBGraphDataBase,
+    mongo_client: MongoClient,
+    db_name: str,
+    tmp_path: Path,
+    connecto: Callable[..., subprocess.CompletedProcess[str]],
+):
+    """`connecto segment export-graph | import-graph` on the graph a config names."""
+    graph_db.write_graph(_graph())  # the graph 'vol_run' of the config below
+    config = tmp_path / "segment_config.toml"
+    config.write_text(f'db_name = "{db_name}"\ngraph = "vol_run"\n')
+    exported = connecto("segment", "export-graph", "-c", config)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.strip() == (
+        f"exported 64 nodes to {db_name}.vol_run_lsd_nodes and "
+        f"63 edges to {db_name}.vol_run_lsd_edges"
+    )
+    assert mongo_client[db_name]["vol_run_lsd_edges"].find_one({"u": 3}, {"_id": 0}) == {
+        "u": 3, "v": 4, "merge_score": 3 / 64, "mean_affinity": 61 / 64,
+    }  # fmt: skip
+
+    copy = tmp_path / "copy.toml"
+    copy.write_text(f'db_name = "{db_name}"\ngraph = "copy"\n')
+    names = ["--nodes", "vol_run_lsd_nodes", "--edges", "vol_run_lsd_edges"]
+    imported = connecto("segment", "import-graph", "-c", copy, *names)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == (
+        f"imported 64 nodes and 63 edges into the graph 'copy' of database {db_name}"
+    )
+    back = MongoDBGraphDataBase(mongo_client[db_name], mode="r", prefix="copy_").read_graph()
+    assert back.nodes[7] == {"position": [0.0, 10.0, 20.0], "size": 11}
+    assert back.number_of_edges() == 63
+    refused = connecto("segment", "import-graph", "-c", copy, *names)
+    assert refused.returncode == 1 and "'copy_' in database" in refused.stderr

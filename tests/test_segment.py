@@ -18,9 +18,10 @@ from volara.datasets import Affs, Labels
 from volara.dbs import SQLite
 
 from connecto.db.graph import MongoDBGraphDataBase
+from connecto.evaluate.segmentation import score_segmentation
 from connecto.segment.config import load_segment_config
 from connecto.segment.tasks import apply_lut, boundary_mean_affinities
-from connecto.segment.workflow import lookup_table, open_graph
+from connecto.segment.workflow import lookup_table, open_graph, open_volume
 from tests.conftest import SHARED_DATA
 
 NEUROPROOF = SHARED_DATA / "neuroproof_medulla_ts2" / "neuroproof_ts2_raw_gt.h5"
@@ -76,8 +77,13 @@ def test_done_when_gt_affinities_segment_run_and_evaluate(
     stored = MongoDBGraphDataBase(db, mode="r", prefix="neuroproof_gt_").read_edge_columns()
     assert np.all(stored["u"] < stored["v"])
     assert np.all((stored["merge_score"] >= 0) & (stored["merge_score"] <= 1))
-    # perfect affinities: touching fragments of one neuron have affinity 1, others 0
-    assert set(np.round(stored["mean_affinity"], 6)) <= {0.0, 1.0}
+    # perfect affinities (the training target: membranes two voxels thick, affinity 0):
+    # fragments of two neurons touch only across a membrane
+    mean = stored["mean_affinity"]
+    assert np.all(stored["affinity_count"] > 0) and np.all((mean >= 0) & (mean <= 1))
+    frags = open_ds(tmp_path / "segment.zarr" / "fragments").to_ndarray(Roi(*CROP))
+    truth = open_volume(NEUROPROOF, "volumes/labels/neuron_ids").to_ndarray(Roi(*CROP))
+    assert score_segmentation(frags, truth).voi_merge < 0.15  # a voxel's error, at most
 
     evaluated = connecto("segment", "evaluate", "-c", config, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
@@ -85,8 +91,9 @@ def test_done_when_gt_affinities_segment_run_and_evaluate(
     scores = list(mongo_client[tracking_db]["scores"].find({"kind": "segmentation"}))
     assert len(scores) == 2 and sum(s["best"] for s in scores) == 1
     best = next(s for s in scores if s["best"])
-    assert best["voi_split"] + best["voi_merge"] <= 0.1
-    assert best["arand"] < 0.05
+    # the membranes' voxels go to one side or the other: about 0.1 of VOI each way
+    assert best["voi_split"] + best["voi_merge"] <= 0.35
+    assert best["arand"] < 0.03
 
     # the extracted volume really is the ground truth up to relabelling
     segmentation = open_ds(tmp_path / "segment.zarr" / "segmentation" / "threshold_0.25")

@@ -10,6 +10,10 @@ from funlib.geometry import Roi
 from pydantic import Field, model_validator
 
 from connecto.config import ConfigModel, PositiveInt, Shape3, load_config
+from connecto.segment.agglomerate import MERGE_FUNCTIONS
+
+NonNegativeInt = Annotated[int, Field(ge=0)]
+MergeFunction = Literal[tuple(MERGE_FUNCTIONS)]  # type: ignore[valid-type]
 
 STEPS = ("predict", "fragments", "agglomerate", "extract", "evaluate")
 CONFIG_NAME = "segment_config.toml"
@@ -40,11 +44,37 @@ class SegmentConfig(ConfigModel):
     block_size: Shape3 = (64, 64, 64)
     context: Shape3 = (8, 8, 8)
     num_workers: PositiveInt = 2
-    # fragments: mutex watershed on affinities + bias (negative: prefer splitting)
+    # fragments: the LSD pipeline's watershed on the boundary distance (see
+    # connecto.segment.fragments), or mutex watershed on affinities + bias
+    fragments_method: Literal["watershed", "mutex_watershed"] = "watershed"
+    min_seed_distance: PositiveInt = Field(
+        default=4, description="voxels between watershed seeds (maxima of the boundary distance)"
+    )
+    boundary_threshold: Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.5, description="mean nearest-neighbour affinity above which a voxel is inside"
+    )
+    fragments_in_xy: bool = Field(
+        default=False, description="2D fragments per section (anisotropic data)"
+    )
+    epsilon_agglomerate: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0, description="merge fragments inside each block below this score first"
+    )
+    min_fragment_size: NonNegativeInt = Field(
+        default=0, description="voxels; smaller fragments join their nearest neighbour"
+    )
+    # mutex watershed: bias added to the affinities (negative: prefer splitting)
     fragments_bias: Annotated[float, Field(ge=-1, le=0)] = -0.5
+    long_range_bias: Annotated[float, Field(ge=-1, le=0)] = Field(
+        default=-0.8, description="bias of the long-range channels (offsets beyond one voxel)"
+    )
     # the segment graph
     db_name: str = "connecto_segments"
     graph: str = Field(default="segment", description="collection prefix: one graph per volume")
+    merge_function: MergeFunction = Field(
+        default="mean",
+        description="mean: hierarchical agglomeration by mean boundary affinity over the "
+        "whole graph (exact); hist_quant_<q>: waterz per block with context (LSD)",
+    )
     agglomeration: Literal["connected_components", "mutex_watershed"] = Field(
         default="connected_components",
         description="merge below the threshold (components), or mutex watershed on "

@@ -19,9 +19,17 @@ from connecto import ConnectoError
 from connecto.db.columns import packed_pairs
 from connecto.db.graph import MongoDB, MongoDBGraphDataBase
 from connecto.db.tracking import now
+from connecto.segment.agglomerate import agglomerate_fragments, merge_scores, waterz_affinities
+from connecto.segment.fragments import (
+    nearest_neighbour_channels,
+    remove_small_fragments,
+    watershed_from_affinities,
+)
 
 MEAN_AFFINITY = "mean_affinity"
+AFFINITY_COUNT = "affinity_count"  # voxel pairs on the boundary: mean x count is exact
 MERGE_SCORE = "merge_score"
+GLOBAL_MEAN = "mean"  # the merge function agglomerated globally from the stored means
 
 
 class MongoBlockBookkeeping:
@@ -57,30 +65,94 @@ class MongoBlockBookkeeping:
 
 
 class GraphExtractFrags(MongoBlockBookkeeping, ExtractFrags):
-    """Fragments by mutex watershed per block; one node per fragment (position, size)."""
+    """Fragments per block (with context), one node per fragment (position, size):
+    the LSD watershed on the boundary distance, or volara's mutex watershed."""
 
     db: MongoDB  # type: ignore[assignment]
+    method: Literal["watershed", "mutex_watershed"] = "watershed"
+    seed_distance: int = 4
+    boundary_threshold: float = 0.5
+    fragments_in_xy: bool = False
+    epsilon_agglomerate: float = 0.0
+    merge_function: str = "hist_quant_50"
+    min_fragment_size: int = 0
+
+    def compute_fragments(self, affs_data: np.ndarray) -> np.ndarray:
+        if self.method == "mutex_watershed":
+            fragments = super().compute_fragments(affs_data)
+        else:
+            neighborhood = [tuple(o) for o in self.neighborhood or []]
+            fragments = watershed_from_affinities(
+                affs_data, neighborhood, self.seed_distance, self.boundary_threshold,
+                self.fragments_in_xy,
+            )  # fmt: skip
+            if self.epsilon_agglomerate > 0:
+                fragments = epsilon_agglomerate(
+                    affs_data, neighborhood, fragments, self.merge_function,
+                    self.epsilon_agglomerate,
+                )  # fmt: skip
+        return remove_small_fragments(fragments, self.min_fragment_size)
 
 
 class GraphAffAgglom(MongoBlockBookkeeping, AffAgglom):
-    """Edges between touching fragments with their mean affinity and merge score
-    (1 - mean affinity: low scores merge first)."""
+    """Edges between touching fragments with their mean affinity, the number of voxel
+    pairs it averages, and a merge score (low scores merge first): 1 - mean affinity
+    for the global `mean` agglomeration, else (the LSD pipeline) the score at which
+    waterz's agglomeration of the block with context joined the two fragments
+    (`UNMERGED` if it never did)."""
 
     db: MongoDB  # type: ignore[assignment]
+    merge_function: str = "hist_quant_50"
 
     def agglomerate(self, affs: np.ndarray, frags: np.ndarray, rag: nx.Graph) -> None:
-        """volara's edges and scores, computed on the boundary voxels only."""
+        """volara's edges and mean affinities, computed on the boundary voxels only,
+        plus waterz's merge scores."""
         offsets = [tuple(o) for o in self.affs_data.neighborhood or []]
+        pairs = set()
         for name, neighborhood in self.scores.items():
             channels = [offsets.index(tuple(o)) for o in neighborhood]
-            u, v, mean = boundary_mean_affinities(
+            u, v, sums, counts = boundary_affinity_sums(
                 affs[channels], frags, [offsets[c] for c in channels]
             )
-            for a, b, score in zip(u.tolist(), v.tolist(), mean.tolist(), strict=True):
+            mean = sums / np.maximum(counts, 1)
+            for a, b, score, count in zip(u.tolist(), v.tolist(), mean.tolist(),
+                                          counts.tolist(), strict=True):  # fmt: skip
                 rag.add_edge(a, b, **{name: score})
-        for _, _, data in rag.edges(data=True):
-            if MEAN_AFFINITY in data:
-                data[MERGE_SCORE] = 1.0 - float(data[MEAN_AFFINITY])
+                if name == MEAN_AFFINITY:
+                    rag.edges[a, b][AFFINITY_COUNT] = count
+                    rag.edges[a, b][MERGE_SCORE] = 1.0 - score
+                pairs.add((a, b))
+        if not pairs or self.merge_function == GLOBAL_MEAN:
+            return  # the agglomeration is global, on the stored sums (extract)
+        nearest = nearest_neighbour_channels(offsets)
+        ids, _, history = agglomerate_fragments(
+            waterz_affinities(affs[nearest], [offsets[c] for c in nearest]), frags,
+            self.merge_function,
+        )  # fmt: skip
+        edges = np.array(sorted(pairs), dtype=np.uint64)
+        local = np.searchsorted(ids, edges) + 1  # the labels waterz's history uses
+        scores = merge_scores(ids.size, history, local[:, 0], local[:, 1])
+        for (a, b), score in zip(edges.tolist(), scores.tolist(), strict=True):
+            rag.edges[a, b][MERGE_SCORE] = score
+
+
+def epsilon_agglomerate(
+    affs: np.ndarray,
+    neighborhood: list[tuple[int, ...]],
+    fragments: np.ndarray,
+    merge_function: str,
+    threshold: float,
+) -> np.ndarray:
+    """The block's fragments merged by waterz up to `threshold` (a small one: the
+    obvious merges, so fewer fragments reach the graph)."""
+    nearest = nearest_neighbour_channels(neighborhood)
+    affs = waterz_affinities(affs[nearest], [neighborhood[c] for c in nearest])
+    _, local, history = agglomerate_fragments(affs, fragments, merge_function, threshold)
+    lut = np.arange(local.max() + 1, dtype=np.uint64)
+    for merge in history:  # waterz's region c absorbs a and b
+        lut[lut == merge["a"]] = merge["c"]
+        lut[lut == merge["b"]] = merge["c"]
+    return lut[local]
 
 
 def boundary_mean_affinities(
@@ -93,6 +165,14 @@ def boundary_mean_affinities(
     The same numbers as volara's `AffAgglom.agglomerate`, which labels every voxel of
     the block and sorts them all; only the voxels on a fragment boundary take part here,
     a few percent of the block."""
+    u, v, sums, counts = boundary_affinity_sums(affs, frags, offsets)
+    return u, v, sums / np.maximum(counts, 1)
+
+
+def boundary_affinity_sums(
+    affs: np.ndarray, frags: np.ndarray, offsets: list[tuple[int, ...]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`boundary_mean_affinities` as sums and counts of affinities per pair."""
     lows, highs, values = [], [], []
     for channel, offset in zip(affs, offsets, strict=True):
         base = tuple(slice(-m if m < 0 else None, -m if m > 0 else None) for m in offset)
@@ -113,7 +193,7 @@ def boundary_mean_affinities(
     inverse = inverse.reshape(-1)
     sums = np.bincount(inverse, weights=np.concatenate(values), minlength=unique_low.size)
     counts = np.bincount(inverse, minlength=unique_low.size)
-    return unique_low, unique_high, sums / np.maximum(counts, 1)
+    return unique_low, unique_high, sums, counts
 
 
 class SegmentRelabel(Relabel):

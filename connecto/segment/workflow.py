@@ -18,7 +18,6 @@ import mwatershed as mws
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds, prepare_ds
-from gunpowder.nodes.add_affinities import seg_to_affgraph
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from volara.datasets import Affs, Labels
@@ -26,14 +25,24 @@ from volara.logging import get_log_basedir, set_log_basedir
 from volara.lut import LUT
 
 from connecto import ConnectoError
+from connecto.data.degrade import DEGRADATIONS, degrade_affinities, target_affinities
 from connecto.data.ingest import HDF5_SUFFIXES
 from connecto.data.volumes import open_raw
 from connecto.db.client import tracking_database
 from connecto.db.graph import MongoDB, MongoDBGraphDataBase
 from connecto.db.tracking import SCORES, ensure_indexes, git_commit, now
+from connecto.evaluate.run_length import (
+    RunLengthScores,
+    Skeleton,
+    expected_run_length,
+    skeletonize_labels,
+)
 from connecto.evaluate.segmentation import SegmentationScores, score_segmentation
+from connecto.segment.agglomerate import UNMERGED, mean_affinity_history, merge_scores
 from connecto.segment.config import STEPS, SegmentConfig, load_segment_config
 from connecto.segment.tasks import (
+    AFFINITY_COUNT,
+    GLOBAL_MEAN,
     MEAN_AFFINITY,
     MERGE_SCORE,
     GraphAffAgglom,
@@ -55,6 +64,7 @@ class ThresholdScore:
     threshold: float
     dataset: str
     scores: SegmentationScores
+    run_length: RunLengthScores | None = None  # None: no skeleton in the region
 
 
 # ---------------------------------------------------------------- volumes
@@ -111,7 +121,7 @@ def graph_config(config: SegmentConfig) -> MongoDB:
     return MongoDB(
         name=config.db_name,
         prefix=config.prefix,
-        edge_attrs={MEAN_AFFINITY: "float", MERGE_SCORE: "float"},
+        edge_attrs={MEAN_AFFINITY: "float", AFFINITY_COUNT: "int", MERGE_SCORE: "float"},
     )
 
 
@@ -128,9 +138,15 @@ def open_graph(config: SegmentConfig, mode: str = "r") -> MongoDBGraphDataBase:
 # ---------------------------------------------------------------- affinities
 
 
-def gt_affinities(config: SegmentConfig, overwrite: bool = False) -> StepResult:
-    """Affinities computed from the ground-truth labels (perfect predictions, uint8)
-    over the ROI: the post-processing's test without a network."""
+def gt_affinities(
+    config: SegmentConfig, overwrite: bool = False, degradation: str | None = None, seed: int = 0
+) -> StepResult:
+    """Affinities computed from the ground-truth labels (uint8) over the ROI: the
+    post-processing's test without a network. Perfect ones (what a network trained by
+    connecto learns to predict: boundaries grown by a voxel on each side), or with
+    `degradation` (a name in `DEGRADATIONS`) degraded as predictions are."""
+    if degradation is not None and degradation not in DEGRADATIONS:
+        raise ConnectoError(f"degradation {degradation!r} is not one of {', '.join(DEGRADATIONS)}")
     path = dataset_path(config, config.affs_dataset)
     if _exists(path) and not overwrite:
         return StepResult("gt-affinities", True, f"{path} exists")
@@ -142,11 +158,15 @@ def gt_affinities(config: SegmentConfig, overwrite: bool = False) -> StepResult:
     reach = Coordinate(max(abs(o[d]) for o in config.neighborhood) for d in range(3))
     grown = roi.grow(reach * voxel_size, reach * voxel_size)
     segmentation = labels.to_ndarray(grown, fill_value=0)
-    affs = seg_to_affgraph(segmentation, np.array(config.neighborhood))
+    neighborhood = [tuple(o) for o in config.neighborhood]
+    affs = target_affinities(segmentation, neighborhood, grow_boundary=1)
+    if degradation is not None:
+        affs = degrade_affinities(affs, DEGRADATIONS[degradation], seed)
     inner = tuple(slice(r, r + s) for r, s in zip(reach, roi.shape / voxel_size, strict=True))
-    data = (affs[(slice(None), *inner)] * 255).astype(np.uint8)
+    data = np.round(affs[(slice(None), *inner)] * 255).astype(np.uint8)
     _write_channels(config, path, data, roi, voxel_size, {"neighborhood": config.neighborhood})
-    return StepResult("gt-affinities", False, f"{path}: {data.shape[0]} channels over {roi}")
+    what = "perfect" if degradation is None else f"{degradation} (seed {seed})"
+    return StepResult("gt-affinities", False, f"{path}: {data.shape[0]} {what} channels over {roi}")
 
 
 def _write_channels(
@@ -175,7 +195,7 @@ def _affs(config: SegmentConfig) -> Affs:
 
 
 def fragments(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
-    """Fragments (mutex watershed per block) into zarr, one graph node per fragment;
+    """Fragments per block into zarr, one graph node per fragment;
     `overwrite` drops the graph and the fragments first."""
     affs = _affs(config)
     roi = _work_roi(config, affs.array("r").roi, str(affs.store))
@@ -185,9 +205,19 @@ def fragments(config: SegmentConfig, base: Path, overwrite: bool = False) -> Ste
         frags_data=Labels(store=dataset_path(config, config.fragments_dataset)),
         block_size=config.block_size,
         context=config.context,
-        bias=[config.fragments_bias] * len(config.neighborhood),
+        bias=[
+            config.fragments_bias if sum(map(abs, offset)) == 1 else config.long_range_bias
+            for offset in config.neighborhood
+        ],
         num_workers=config.num_workers,
         roi=roi,
+        method=config.fragments_method,
+        seed_distance=config.min_seed_distance,
+        boundary_threshold=config.boundary_threshold,
+        fragments_in_xy=config.fragments_in_xy,
+        epsilon_agglomerate=config.epsilon_agglomerate,
+        merge_function=config.merge_function,
+        min_fragment_size=config.min_fragment_size,
     )
     with logs_in(base / "logs"):
         if overwrite:
@@ -198,7 +228,8 @@ def fragments(config: SegmentConfig, base: Path, overwrite: bool = False) -> Ste
 
 
 def agglomerate(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
-    """Edges between touching fragments with mean affinity and merge score; `overwrite`
+    """Edges between touching fragments with mean affinity and the merge score of waterz's
+    agglomeration per block; `overwrite`
     drops the edges first."""
     affs = _affs(config)
     frags = Labels(store=dataset_path(config, config.fragments_dataset))
@@ -214,6 +245,7 @@ def agglomerate(config: SegmentConfig, base: Path, overwrite: bool = False) -> S
         scores={MEAN_AFFINITY: [Coordinate(o) for o in config.neighborhood]},
         num_workers=config.num_workers,
         roi=_work_roi(config, frags.array("r").roi, str(frags.store)),
+        merge_function=config.merge_function,
     )
     if overwrite:
         graph.drop_edges()
@@ -227,30 +259,65 @@ def threshold_name(threshold: float) -> str:
     return f"threshold_{threshold:.3f}".rstrip("0").rstrip(".")
 
 
+@dataclass(frozen=True)
+class EdgeScores:
+    """The whole graph for the global agglomeration: fragment ids (ascending) and, per
+    edge, the indices of its ends in `ids` and its merge score."""
+
+    ids: np.ndarray
+    iu: np.ndarray
+    iv: np.ndarray
+    score: np.ndarray
+
+
+def read_edge_scores(graph: MongoDBGraphDataBase, merge_function: str | None = None) -> EdgeScores:
+    """The graph's edges with their merge scores. `mean`: the score at which the global
+    hierarchical agglomeration of the stored boundary affinities joins each edge's ends
+    (exact: the same as waterz on the whole volume); otherwise the stored merge scores."""
+    ids = np.sort(graph.read_node_columns(read_attrs=[])["id"])
+    if ids.size == 0:
+        raise ConnectoError("the segment graph has no fragments")
+    global_mean = merge_function == GLOBAL_MEAN
+    attrs = [MEAN_AFFINITY, AFFINITY_COUNT] if global_mean else [MERGE_SCORE]
+    edges = graph.read_edge_columns(read_attrs=attrs)
+    u, v = edges["u"], edges["v"]
+    known = np.isin(u, ids) & np.isin(v, ids)
+    iu, iv = np.searchsorted(ids, u[known]), np.searchsorted(ids, v[known])
+    if global_mean:
+        if any(edges[a].dtype == object for a in attrs):
+            raise ConnectoError(
+                "the segment graph's edges have no affinity counts (made by an older "
+                "connecto): rerun `connecto segment agglomerate --overwrite`"
+            )
+        counts = edges[AFFINITY_COUNT][known].astype(np.float64)
+        sums = edges[MEAN_AFFINITY][known].astype(np.float64) * counts
+        history = mean_affinity_history(ids.size, iu + 1, iv + 1, sums, counts)
+        score = merge_scores(ids.size, history, iu + 1, iv + 1)
+    else:
+        score = edges[MERGE_SCORE][known]
+        if score.dtype == object:  # an edge without a score never merges
+            score = np.array([UNMERGED if s is None else s for s in score.tolist()])
+    return EdgeScores(ids, iu, iv, score.astype(np.float64))
+
+
 def lookup_table(
-    graph: MongoDBGraphDataBase, threshold: float, method: str = "connected_components"
+    graph: MongoDBGraphDataBase | EdgeScores,
+    threshold: float,
+    method: str = "connected_components",
 ) -> np.ndarray:
     """Fragment -> segment (2 x N). `connected_components`: components over the edges
     whose merge score is below `threshold`; `mutex_watershed`: edges weighted by
     threshold - merge score, strongest first, repulsive ones keep segments apart. A segment
     is named by its smallest fragment id, so ids never collide with unmapped fragments."""
-    ids = np.sort(graph.read_node_columns(read_attrs=[])["id"])
-    if ids.size == 0:
-        raise ConnectoError("the segment graph has no fragments")
-    edges = graph.read_edge_columns(read_attrs=[MERGE_SCORE])
-    u, v, score = edges["u"], edges["v"], edges[MERGE_SCORE]
-    if score.dtype == object:  # an edge without a score never merges
-        score = np.array([1.0 if s is None else s for s in score.tolist()])
-    score = score.astype(np.float64)
-    known = np.isin(u, ids) & np.isin(v, ids)
-    iu, iv = np.searchsorted(ids, u), np.searchsorted(ids, v)
+    edges = graph if isinstance(graph, EdgeScores) else read_edge_scores(graph)
+    ids, iu, iv, score = edges.ids, edges.iu, edges.iv, edges.score
     if method == "mutex_watershed":
         weight = threshold - score
-        order = [i for i in np.argsort(-np.abs(weight), kind="stable") if known[i]]
+        order = np.argsort(-np.abs(weight), kind="stable")
         clusters = dict(mws.cluster([(bool(weight[i] > 0), int(iu[i]), int(iv[i])) for i in order]))
         component = np.array([clusters.get(i, i) for i in range(ids.size)])
     else:
-        keep = known & (score < threshold)
+        keep = score < threshold
         matrix = coo_matrix((np.ones(keep.sum()), (iu[keep], iv[keep])), shape=(ids.size,) * 2)
         _, component = connected_components(matrix, directed=False)
     smallest = np.full(component.max() + 1, np.iinfo(np.uint64).max, dtype=np.uint64)
@@ -266,6 +333,7 @@ def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepR
         raise ConnectoError(f"{frags.store}: no fragments; run `connecto segment fragments`")
     graph = open_graph(config)
     made, kept = [], []
+    scores: EdgeScores | None = None  # read once, when a table is missing
     for threshold in config.thresholds:
         name = threshold_name(threshold)
         lut = LUT(path=base / "luts" / f"{config.graph}_{name}.npz")
@@ -278,7 +346,9 @@ def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepR
             lut.path.parent.mkdir(parents=True, exist_ok=True)
             with logs_in(base / "logs"):
                 task.drop()  # a new table invalidates the relabelled blocks
-            lut.save(lookup_table(graph, threshold, config.agglomeration))
+            if scores is None:
+                scores = read_edge_scores(graph, config.merge_function)
+            lut.save(lookup_table(scores, threshold, config.agglomeration))
             made.append(name)
         else:
             kept.append(name)
@@ -292,13 +362,16 @@ def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepR
 
 
 def evaluate(config: SegmentConfig) -> list[ThresholdScore]:
-    """VOI split/merge and adapted Rand error of every threshold's segmentation against
-    the ground truth over the ROI, stored in the tracking database `scores`."""
+    """VOI split/merge, adapted Rand error and expected run length (along skeletons of
+    the ground truth) of every threshold's segmentation against the ground truth over
+    the ROI, stored in the tracking database `scores`."""
     if config.labels_container is None:
         raise ConnectoError("labels_container is not set in the segment config")
     labels = open_volume(config.labels_container, config.labels_dataset)
+    voxel_size = tuple(labels.voxel_size)
     results = []
     truth: np.ndarray | None = None
+    skeletons: dict[int, Skeleton] = {}
     for threshold in config.thresholds:
         name = f"{config.segmentation_dataset}/{threshold_name(threshold)}"
         path = dataset_path(config, name)
@@ -306,16 +379,34 @@ def evaluate(config: SegmentConfig) -> list[ThresholdScore]:
             raise ConnectoError(f"{path}: no segmentation; run `connecto segment extract`")
         segmentation = open_ds(path, mode="r")
         roi = _work_roi(config, segmentation.roi, str(path))
-        if truth is None:
+        if truth is None:  # the same region for every threshold
             truth = labels.to_ndarray(roi, fill_value=0)
-        scores = score_segmentation(segmentation.to_ndarray(roi), truth)
-        results.append(ThresholdScore(threshold, name, scores))
+            skeletons = skeletonize_labels(truth, voxel_size, tuple(roi.offset))
+        data = segmentation.to_ndarray(roi)
+        scores = score_segmentation(data, truth)
+        run_length = (
+            expected_run_length(skeletons, data, voxel_size, tuple(roi.offset))
+            if skeletons
+            else None
+        )
+        results.append(ThresholdScore(threshold, name, scores, run_length))
     _store_scores(config, results)
     return results
 
 
 def best_threshold(results: list[ThresholdScore]) -> ThresholdScore:
     return min(results, key=lambda r: (r.scores.voi, r.scores.arand))
+
+
+def _run_length_fields(run_length: RunLengthScores | None) -> dict:
+    if run_length is None:
+        return {}
+    return {
+        "erl": run_length.erl,
+        "max_erl": run_length.max_erl,
+        "n_mergers": run_length.n_mergers,
+        "n_splits": run_length.n_splits,
+    }
 
 
 def _store_scores(config: SegmentConfig, results: list[ThresholdScore]) -> None:
@@ -337,6 +428,7 @@ def _store_scores(config: SegmentConfig, results: list[ThresholdScore]) -> None:
                     "voi": result.scores.voi,
                     "arand": result.scores.arand,
                     "voxels": result.scores.voxels,
+                    **_run_length_fields(result.run_length),
                     "roi": config.roi,
                     "best": result is best,
                     "git_commit": git_commit(),
@@ -373,6 +465,14 @@ def predict(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepR
     from connecto.segment.predict import predict_blockwise
 
     return predict_blockwise(config, base, overwrite=overwrite)
+
+
+def make_gt_affinities(
+    config_path: Path, overwrite: bool = False, degradation: str | None = None, seed: int = 0
+) -> SegmentReport:
+    """`connecto segment gt-affinities`: perfect or degraded affinities from the labels."""
+    config, _ = load_segment_config(config_path)
+    return SegmentReport([gt_affinities(config, overwrite, degradation, seed)], [])
 
 
 def run_steps(
