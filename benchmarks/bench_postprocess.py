@@ -22,7 +22,6 @@ connecto at least as fast as volara.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
@@ -42,7 +41,7 @@ from volara.lut import LUT
 from connecto.data.degrade import DEGRADATIONS, degrade_affinities, target_affinities
 from connecto.db.graph import process_client
 from connecto.evaluate.segmentation import SegmentationScores, score_segmentation
-from connecto.segment.agglomerate import MERGE_FUNCTIONS, waterz_affinities
+from connecto.segment.agglomerate import MERGE_FUNCTIONS, quiet_stdout, waterz_affinities
 from connecto.segment.config import load_segment_config
 from connecto.segment.tasks import MEAN_AFFINITY, apply_lut, run_task
 from connecto.segment.workflow import (
@@ -119,7 +118,7 @@ def run_waterz(affs: np.ndarray, truth: np.ndarray) -> tuple[float, float, Segme
 
     start = time.perf_counter()
     segmentations = {}
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+    with quiet_stdout():
         generator = waterz.agglomerate(
             waterz_affinities(affs, NEIGHBORHOOD), THRESHOLDS,
             scoring_function=MERGE_FUNCTIONS[WATERZ_FUNCTION], discretize_queue=256,

@@ -25,6 +25,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 from funlib.geometry import Coordinate, Roi
+from funlib.persistence import open_ds
 from funlib.persistence.graphs import SQLiteGraphDataBase
 from funlib.persistence.types import Vec
 from pymongo.collection import Collection
@@ -39,7 +40,7 @@ from connecto.db.graph import MongoDBGraphDataBase, process_client
 from connecto.evaluate.segmentation import score_segmentation
 from connecto.experiment import prepare_training
 from connecto.resources import resource_dir
-from connecto.segment.agglomerate import MERGE_FUNCTIONS, waterz_affinities
+from connecto.segment.agglomerate import MERGE_FUNCTIONS, quiet_stdout, waterz_affinities
 from connecto.segment.config import STEPS, SegmentConfig, load_segment_config
 from connecto.segment.tasks import MEAN_AFFINITY, run_task
 from connecto.segment.workflow import (
@@ -224,7 +225,10 @@ def quality(work: Path, db_name: str, iterations: int) -> None:
         elapsed, report = _timed(run_steps, path, steps)
         return elapsed, best_threshold(report.scores)
 
-    rows = []
+    print(f"quality on the test ROI {template.test_roi} (nm): {how}")
+    print(f"  {'':38s} {'thr':>5s} {'VOI split':>9s} {'VOI merge':>9s} {'VOI':>7s} "
+          f"{'ARAND':>7s} {'ERL nm':>7s} {'time s':>7s}", flush=True)  # fmt: skip
+    rows = _Rows()
     t_model, model = variant("mtlsd", STEPS, checkpoint=str(checkpoint))
     rows.append(("MTLSD affinities, connecto defaults", model, t_model))
     steps = ("fragments", "agglomerate", "extract", "evaluate")
@@ -238,17 +242,18 @@ def quality(work: Path, db_name: str, iterations: int) -> None:
         rows.append((f"MTLSD affinities, {name}", result, elapsed))
     test_roi = Roi(*template.test_roi)
     truth = open_volume(H5, "volumes/labels/neuron_ids").to_ndarray(test_roi)
-    affs = open_volume(work / "segment.zarr", "affs").to_ndarray(test_roi).astype(np.float32)
+    affs = open_ds(work / "segment.zarr" / "affs").to_ndarray(test_roi).astype(np.float32)
     start = time.perf_counter()
-    anchor = min(
-        (score_segmentation(s, truth), t)
-        for s, t in zip(
-            waterz.agglomerate(waterz_affinities(affs / 255.0, NEIGHBORHOOD), base["thresholds"],
-                               scoring_function=MERGE_FUNCTIONS["hist_quant_50"],
-                               discretize_queue=256),
-            base["thresholds"], strict=True,
-        )
-    )  # fmt: skip
+    with quiet_stdout():
+        segmentations = waterz.agglomerate(
+            waterz_affinities(affs / 255.0, NEIGHBORHOOD), base["thresholds"],
+            scoring_function=MERGE_FUNCTIONS["hist_quant_50"], discretize_queue=256,
+        )  # fmt: skip
+        scored = [
+            (score_segmentation(segmentation, truth), threshold)
+            for segmentation, threshold in zip(segmentations, base["thresholds"], strict=True)
+        ]
+    anchor = min(scored, key=lambda pair: pair[0].voi)
     rows.append(("MTLSD affinities, waterz whole volume", anchor, time.perf_counter() - start))
     gt_values = {"output_container": str(work / "gt.zarr")}
     gt_affinities(load_segment_config(_write(work / "gt.toml", {**base, **gt_values}))[0])
@@ -257,10 +262,12 @@ def quality(work: Path, db_name: str, iterations: int) -> None:
     supervoxels = open_volume(H5, "volumes/labels/watershed_supervoxels").to_ndarray(test_roi)
     rows.append(("watershed supervoxels (baseline)", score_segmentation(supervoxels, truth), 0.0))
 
-    print(f"quality on the test ROI {test_roi}: {how}")
-    print(f"  {'':38s} {'thr':>5s} {'VOI split':>9s} {'VOI merge':>9s} {'VOI':>7s} "
-          f"{'ARAND':>7s} {'ERL nm':>7s} {'time s':>7s}")  # fmt: skip
-    for name, result, elapsed in rows:
+
+class _Rows(list):
+    """Rows of the quality table, each printed as it comes (a crash keeps the rest)."""
+
+    def append(self, row: tuple) -> None:
+        name, result, elapsed = row
         if isinstance(result, tuple):  # (scores, threshold)
             s, threshold, erl = result[0], f"{result[1]:.2f}", "-"
         elif hasattr(result, "scores"):
@@ -269,7 +276,8 @@ def quality(work: Path, db_name: str, iterations: int) -> None:
         else:
             s, threshold, erl = result, "-", "-"
         print(f"  {name:38s} {threshold:>5s} {s.voi_split:9.3f} {s.voi_merge:9.3f} {s.voi:7.3f} "
-              f"{s.arand:7.3f} {erl:>7s} {elapsed:7.1f}")  # fmt: skip
+              f"{s.arand:7.3f} {erl:>7s} {elapsed:7.1f}", flush=True)  # fmt: skip
+        super().append(row)
 
 
 def _write(path: Path, values: dict) -> Path:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from connecto.names import check_name
 from connecto.segment.config import CONFIG_NAME, STEPS
 
 if TYPE_CHECKING:
@@ -113,8 +114,10 @@ def export_graph_command(
     from connecto.segment.workflow import open_graph
 
     segment, _ = load_segment_config(config)
-    database = process_client()[db or segment.db_name]
+    database = process_client()[check_name("database name", db or segment.db_name)]
     nodes, edges = nodes or f"{segment.graph}_lsd_nodes", edges or f"{segment.graph}_lsd_edges"
+    for written in (nodes, edges):
+        check_name("collection name", written)
     counts = export_graph(open_graph(segment, "r"), database, nodes, edges, overwrite)
     typer.echo(f"exported {counts[0]} nodes to {database.name}.{nodes} and "
                f"{counts[1]} edges to {database.name}.{edges}")  # fmt: skip
@@ -133,7 +136,7 @@ def import_graph_command(
     from connecto.segment.workflow import graph_config
 
     segment, _ = load_segment_config(config)
-    database = process_client()[db or segment.db_name]
+    database = process_client()[check_name("database name", db or segment.db_name)]
     nodes, edges = nodes or f"{segment.graph}_lsd_nodes", edges or f"{segment.graph}_lsd_edges"
     # before opening the graph "w" drops its collections
     check_documents(database, nodes, edges, into=(segment.db_name, segment.prefix))

@@ -16,14 +16,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connecto import ConnectoError
+from connecto.names import check_name
 
 Task = Literal["synapse-classification", "segmentation"]
 SplitPart = Literal["train", "validation", "test"]
 Shape3 = tuple[int, int, int]
 PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _data_database_name(value: str) -> str:
+    """A data database name whose `<name>_predictions` twin is a valid name as well."""
+    from connecto.db.predictions import predictions_database_name
+
+    check_name("database name", value)
+    check_name("database name", predictions_database_name(value))
+    return value
+
+
+DataDatabaseName = Annotated[str, AfterValidator(_data_database_name)]
+SplitName = Annotated[str, AfterValidator(lambda value: check_name("split name", value))]
+ExperimentName = Annotated[str, AfterValidator(lambda value: check_name("experiment name", value))]
 
 
 class ConfigModel(BaseModel):
@@ -70,8 +85,8 @@ class SynapseModelConfig(ConfigModel):
     network_appendix: str | None = None
     batch_size: PositiveInt = 8
     db_credentials: str | None = Field(default=None, description="synister credentials INI")
-    db_name_data: str
-    split_name: str
+    db_name_data: DataDatabaseName
+    split_name: SplitName
     voxel_size: Shape3 = (40, 4, 4)
     raw_container: str
     raw_dataset: str
@@ -181,7 +196,7 @@ class SynapsePredictConfig(SynapseModelConfig):
     plus which checkpoint, which split part, and where the results go."""
 
     train_checkpoint: str
-    experiment: str
+    experiment: ExperimentName
     train_number: Annotated[int, Field(ge=0)]
     predict_number: Annotated[int, Field(ge=0)]
     split_part: SplitPart = "test"

@@ -29,6 +29,7 @@ from connecto.config import (
     validate,
     write_config,
 )
+from connecto.names import check_name
 from connecto.resources import resource_dir
 
 TRAIN_DIR = "02_train"
@@ -49,6 +50,10 @@ class TrainSetup:
     base: Path
     experiment: str
     train_id: int
+
+    def __post_init__(self) -> None:
+        # The experiment is a directory under base and part of collection names.
+        check_name("experiment name", self.experiment)
 
     @property
     def path(self) -> Path:
@@ -103,6 +108,9 @@ class PredictSetup:
     experiment: str
     train_id: int
     predict_id: int
+
+    def __post_init__(self) -> None:
+        check_name("experiment name", self.experiment)
 
     @property
     def path(self) -> Path:

@@ -42,6 +42,7 @@ from connecto.db.predictions import (
 )
 from connecto.db.tracking import now
 from connecto.experiment import PredictSetup, TrainSetup, find_setup, prepare_prediction
+from connecto.processes import die_with_parent, process_record
 from connecto.settings import load_settings
 
 SPLIT_PARTS = ("validation", "test")
@@ -252,6 +253,7 @@ def run_prediction(
             "workers": workers,
             "batch_size": batch,
             "error": None,
+            **process_record(),
         },
     )
     job = _Job(
@@ -369,6 +371,7 @@ def predict_share(job: _Job, synapses: list[dict[str, Any]], report: Callable[[i
 
 
 def _worker(job: _Job, synapses: list[dict[str, Any]], messages: mp.Queue) -> None:
+    die_with_parent()  # a killed `connecto predict` must not leave its workers predicting
     try:
         predict_share(job, synapses, lambda n: messages.put(("done", n)))
         messages.put(("finished", 0))

@@ -26,8 +26,8 @@ from connecto.db.synapses import (
     SYNAPSES,
     class_of_skeletons,
     retry_write,
-    valid_split_name,
 )
+from connecto.names import check_name
 
 GROUP_BY: tuple[str, ...] = ("skeleton", "hemilineage", "brain_region")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -229,8 +229,7 @@ def plan_split(
     """Choose the part of every group; writes nothing (see `make_split`)."""
     if by not in GROUP_BY:
         raise ConnectoError(f"--by {by!r}: expected one of {', '.join(GROUP_BY)}")
-    if not valid_split_name(name):
-        raise ConnectoError(f"split name {name!r}: use letters, digits, '_' and '-' only")
+    check_name("split name", name)
     if len(fractions) != len(PARTS) or abs(sum(fractions) - 1) > 1e-6:
         raise ConnectoError(f"fractions {fractions}: expected three numbers summing to 1")
     key = f"splits.{name}"

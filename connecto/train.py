@@ -21,7 +21,6 @@ import importlib
 import logging
 import os
 import signal
-import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -40,6 +39,7 @@ from tqdm import tqdm
 from connecto import ConnectoError
 from connecto.db.tracking import git_commit, now, upsert_run
 from connecto.experiment import TrainSetup
+from connecto.processes import children_die_with_parent, process_record
 
 TASKS: dict[str, str] = {
     "synapse-classification": "connecto.pipelines.synapse:synapse_task",
@@ -225,8 +225,7 @@ def train(
         "experiment": setup.experiment, "base": str(setup.base), "train_id": setup.train_id,
         "task": config.task, "config": config.model_dump(mode="json"), "state": "running",
         "iteration": done, "target_iterations": iterations, "device": device,
-        "git_commit": git_commit(), "started": now(), "error": None,
-        "host": socket.gethostname(),
+        "git_commit": git_commit(), "started": now(), "error": None, **process_record(),
     })  # fmt: skip
 
     train_node = gp.torch.Train(
@@ -251,7 +250,7 @@ def train(
             saved = iteration
 
     try:
-        with stop.installed(), gp.build(pipeline):
+        with stop.installed(), children_die_with_parent(), gp.build(pipeline):
             iteration = saved = train_node.iteration  # gunpowder resumed from the checkpoint
             window = Window()
             bar = tqdm(

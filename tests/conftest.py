@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from pymongo import MongoClient
 
 from connecto.db.server import LocalServer
+from connecto.processes import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -87,3 +90,17 @@ def run_connecto(
 @pytest.fixture
 def connecto():
     return run_connecto
+
+
+def survivors(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Those of `processes` still running after up to `timeout_s` (a zombie has ended: its
+    reaper may be slow); killed then, so that no test leaves them behind."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [p for p in processes if pid_alive(p.pid) and p.is_running()]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for process in alive:
+        process.kill()
+    return alive

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
 import pytest
 from pymongo import MongoClient
+from pymongo.database import Database
 
+from connecto.db.client import connect
 from connecto.db.server import LocalServer
+from connecto.processes import pid_alive
 
 
 @pytest.fixture
@@ -83,3 +88,50 @@ def test_stale_state_file_is_ignored(tmp_path: Path) -> None:
     server.state_file.write_text('{"pid": 999999, "port": 1}')
     assert server.state() is None
     assert server.stop() is False
+
+
+def _write(kind: int, client: MongoClient, trial: Database) -> None:
+    if kind == 0:
+        trial.create_collection("created")
+    elif kind == 1:
+        trial.synapses.insert_many([{"synapse_id": i} for i in range(30)])
+    else:
+        client.tracking.runs.update_one({"_id": "run"}, {"$inc": {"n": 1}}, upsert=True)
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    """kill -9 right after each acknowledgment, restart: every acknowledged write is there.
+
+    Each trial creates a collection, inserts 30 synapses into a new one and updates a
+    tracking document, in turn last before the kill; up to 25 trials (at least 5, about 30 s).
+    """
+    server = LocalServer(tmp_path)
+    kills = 0
+    deadline = time.monotonic() + 30
+    try:
+        while kills < 25 and (kills < 5 or time.monotonic() < deadline):
+            state, _ = server.start()
+            client = connect(state.uri, 5.0)
+            trial = client[f"trial{kills}"]
+            for kind in range(kills % 3, kills % 3 + 3):  # each kind of write comes last
+                _write(kind % 3, client, trial)
+            os.kill(state.pid, signal.SIGKILL)
+            kills += 1
+            client.close()
+            while pid_alive(state.pid):
+                time.sleep(0.01)
+
+        state, _ = server.start()
+        with MongoClient(state.uri) as client:
+            lost = 0
+            for t in range(kills):
+                trial = client[f"trial{t}"]
+                lost += "created" not in trial.list_collection_names()
+                lost += 30 - trial.synapses.count_documents({})
+            run = client.tracking.runs.find_one({"_id": "run"}) or {"n": 0}
+            lost += kills - run["n"]
+    finally:
+        server.stop()
+    checked = kills * 32
+    print(f"kill -9 durability: {kills} kills, {checked} acknowledged writes checked, {lost} lost")
+    assert lost == 0, f"{lost} of {checked} acknowledged writes lost over {kills} kills"

@@ -11,7 +11,7 @@ import pytest
 from connecto import ConnectoError
 from connecto.config import WorkerConfig
 from connecto.launch.apptainer import ApptainerLauncher, apptainer_binary
-from connecto.launch.base import Resources, Task, job_script, read_exit_file
+from connecto.launch.base import Resources, Task, job_script, read_exit_file, write_env_file
 from connecto.launch.docker import DockerLauncher, needs_host_network
 from connecto.launch.lsf import bsub_argv, lsf_time
 from connecto.launch.slurm import exit_code, sbatch_argv, to_status
@@ -61,13 +61,15 @@ def test_apptainer_command_line(tmp_path: Path) -> None:
         "/images/connecto.sif", 1, [str(data), f"{tmp_path}:ro"], "apptainer"
     )
     t = task(tmp_path)
-    argv = launcher.prepare(t, {"CONNECTO_MONGO_URI": "mongodb://db.lab:27017/"})
+    env = {"CONNECTO_MONGO_URI": "mongodb://u:pw@db.lab:27017/"}
+    argv = launcher.prepare(t, env)
     assert argv[:3] == ["apptainer", "exec", "--nv"]
     binds = [argv[i + 1] for i, a in enumerate(argv) if a == "-B"]
     assert f"{data}:{data}" in binds and f"{tmp_path}:{tmp_path}:ro" in binds
     assert f"{tmp_path / 'exp'}:{tmp_path / 'exp'}" in binds
     assert argv[argv.index("--pwd") + 1] == str(t.workdir)
-    assert "CONNECTO_MONGO_URI=mongodb://db.lab:27017/" in argv
+    assert not any("pw@" in a for a in argv)  # the environment comes from the job's env file
+    assert launcher.environment(env)["APPTAINERENV_CONNECTO_MONGO_URI"] == env["CONNECTO_MONGO_URI"]
     assert argv[-4:] == ["/images/connecto.sif", "connecto", "train", "20"]
     no_gpu = ApptainerLauncher("x.sif", 0, [], "apptainer").prepare(t, {})
     assert "--nv" not in no_gpu
@@ -121,7 +123,8 @@ def test_job_script_runs_the_indexed_task(tmp_path: Path) -> None:
         tasks.append(Task(("x",), work, work / "t.log", f"t{number}"))
     argvs = [["bash", "-c", 'echo "in $PWD $GREETING"'], ["bash", "-c", "exit 7"]]
     script = tmp_path / "job.sh"
-    script.write_text(job_script(argvs, tasks, {"GREETING": "it's here"}, "${INDEX:-0}"))
+    env_file = write_env_file(tmp_path / "job.env", {"GREETING": "it's here"})
+    script.write_text(job_script(argvs, tasks, env_file, "${INDEX:-0}"))
     first = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
     second = subprocess.run(
         ["bash", str(script)], env={"INDEX": "1", "PATH": "/usr/bin:/bin"}, check=False
@@ -131,6 +134,7 @@ def test_job_script_runs_the_indexed_task(tmp_path: Path) -> None:
     assert read_exit_file(tasks[0].exit_path) == 0 and read_exit_file(tasks[1].exit_path) == 7
     missing = subprocess.run(["bash", str(script)], env={"INDEX": "5"}, check=False)
     assert missing.returncode == 2
+    assert "it's here" not in script.read_text() and env_file.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.skipif(apptainer_binary() is None, reason="apptainer/singularity is not installed")

@@ -12,18 +12,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from pymongo import MongoClient
 
 from connecto import ConnectoError
 from connecto.data.synthetic import synthesize_synapses
-from connecto.db.predictions import prediction_collection_name
+from connecto.db.predictions import list_prediction_runs, prediction_collection_name
 from connecto.evaluate.synapses import evaluate
 from connecto.experiment import PredictSetup, TrainSetup, prepare_prediction, prepare_training
 from connecto.models.vgg3d import build_vgg3d
 from connecto.predict import predict, run_prediction
-from tests.conftest import CONNECTO
+from tests.conftest import CONNECTO, survivors
 
 CLASSES = ["gaba", "acetylcholine", "glutamate"]
 PARTS = {0: "train", 1: "validation", 2: "test"}
@@ -166,6 +167,46 @@ def test_resume_after_kill_matches_uninterrupted_run(env: Env, mongo_client: Mon
 
     run_prediction(clean, batch_size=7, progress=False)
     assert_same_predictions(env, mongo_client, *names)
+
+
+def test_sigkill_stops_both_workers_and_the_run_reads_interrupted(
+    env: Env, mongo_client: MongoClient
+) -> None:
+    """`connecto predict --workers 2` killed outright: its workers stop at once (they do not
+    finish their shares), and its tracking document reads `interrupted`."""
+    [(killed, _)] = prepare_prediction(env.train, [20], "test")
+    name = prediction_collection_name("skeleton", "nt", 0, killed.predict_id)
+    collection = mongo_client[f"{env.data_db}_predictions"][name]
+    process = subprocess.Popen(
+        [*CONNECTO, "predict", "--workers", "2", "--batch-size", "1"], cwd=killed.path,
+        env={**os.environ, "CONNECTO_TRACKING_DB": env.tracking_db},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        parent = psutil.Process(process.pid)
+        deadline = time.monotonic() + 120
+        while collection.estimated_document_count() == 0:
+            assert process.poll() is None, "the prediction stopped on its own"
+            assert time.monotonic() < deadline, "no prediction was written"
+            time.sleep(0.01)
+        children = parent.children(recursive=True)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    alive = survivors(children, timeout_s=5)
+    assert not alive, f"{len(alive)} of {len(children)} processes outlived the parent"
+    written = collection.count_documents({})
+    assert written < len(env.expected["test"]), "the workers finished after their parent died"
+
+    [document] = [
+        d for d in list_prediction_runs(mongo_client[env.tracking_db])
+        if d["setup_dir"] == str(killed.path)
+    ]  # fmt: skip
+    assert document["state"] == "interrupted"
+    stored = mongo_client[env.tracking_db]["predictions"].find_one({"_id": document["_id"]})
+    assert stored["state"] == "interrupted"
 
 
 def test_two_workers_give_the_same_predictions(env: Env, mongo_client: MongoClient) -> None:

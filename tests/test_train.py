@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gunpowder as gp
 import numpy as np
+import psutil
 import pytest
 import tomli_w
 import torch
@@ -30,7 +31,7 @@ from connecto.experiment import TrainSetup, prepare_training
 from connecto.pipelines.synapse import LABEL, RAW, batch_request, data_pipeline
 from connecto.splits import make_split
 from connecto.train import train
-from tests.conftest import CONNECTO
+from tests.conftest import CONNECTO, run_connecto, survivors
 
 CLASSES = ["gaba", "acetylcholine", "glutamate"]
 INPUT_SHAPE = (8, 32, 32)
@@ -173,6 +174,43 @@ def test_cli_sigterm_checkpoints_then_rerun_resumes(
     ]
     assert skipped == ["label", "prediction"]
     assert train(setup, target, progress=False).start_iteration == target  # nothing left
+
+
+def test_sigkill_takes_the_cache_workers_along_and_the_run_reads_interrupted(
+    synthetic: Synthetic, tmp_path: Path, tracking_db: str, mongo_client: MongoClient
+) -> None:
+    """`connecto train` killed outright: gunpowder's PreCache watchdog and its two cache
+    workers end with it, and the run it could not mark reads `interrupted`."""
+    setup = small_setup(tmp_path, synthetic, log_every=1, **{"worker.num_cache_workers": 2})
+    process = subprocess.Popen(
+        [*CONNECTO, "train", "100000"], cwd=setup.path, env=dict(os.environ),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        parent = psutil.Process(process.pid)
+        deadline = time.monotonic() + 120
+        while (
+            run_document(mongo_client, tracking_db, setup).get("iteration", 0) < 2
+            or len(parent.children(recursive=True)) < 3  # the watchdog and two workers
+        ):
+            assert process.poll() is None, "training stopped on its own"
+            assert time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.2)
+        children = parent.children(recursive=True)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    alive = survivors(children, timeout_s=5)
+    assert not alive, f"{len(alive)} of {len(children)} worker processes outlived the parent"
+
+    assert run_document(mongo_client, tracking_db, setup)["state"] == "running"  # as left
+    listed = run_connecto("runs", env={"COLUMNS": "200"})
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line for line in listed.stdout.splitlines() if "synth" in line]
+    assert "interrupted" in row and "running" not in row, listed.stdout
+    assert run_document(mongo_client, tracking_db, setup)["state"] == "interrupted"
 
 
 def _edit_config(setup: TrainSetup, key: str, value: object) -> None:

@@ -11,6 +11,7 @@ from pymongo.errors import PyMongoError
 
 from connecto import ConnectoError
 from connecto.db.server import LocalServer
+from connecto.names import check_name
 from connecto.settings import Settings, load_settings, redact_uri, uri_from_credentials
 
 
@@ -59,9 +60,12 @@ def get_client(settings: Settings | None = None) -> MongoClient:
 
 
 def get_database(name: str, settings: Settings | None = None) -> Database:
+    """The database `name`, checked before connecting: every --db option and config key
+    comes here."""
+    check_name("database name", name)
     return get_client(settings)[name]
 
 
 def tracking_database(settings: Settings | None = None) -> Database:
     settings = settings or load_settings()
-    return get_client(settings)[settings.tracking_db]
+    return get_database(settings.tracking_db, settings)

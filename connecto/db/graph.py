@@ -38,6 +38,7 @@ from volara.dbs import DB
 
 from connecto import ConnectoError
 from connecto.db.columns import ID_DTYPE, ChunkedTable, Columns, bounds, plain_value
+from connecto.names import check_name
 
 META_ID = "graph"
 LAYOUT = "column-chunks-1"  # stored in meta: graphs of another layout are refused
@@ -481,7 +482,10 @@ class MongoDB(DB):
         return f"{self.name}.{self.prefix}".rstrip("_.")
 
     def database(self) -> Database:
-        return process_client(self.uri)[self.name]
+        """The graph's database; its name and prefix checked before anything is written."""
+        if self.prefix:
+            check_name("graph name", self.prefix.removesuffix("_"))
+        return process_client(self.uri)[check_name("database name", self.name)]
 
     def open(self, mode: str = "r") -> MongoDBGraphDataBase:
         node_attrs, edge_attrs = self.graph_attrs

@@ -24,7 +24,8 @@ from pymongo.errors import BulkWriteError
 
 from connecto import ConnectoError
 from connecto.config import SynapsePredictConfig
-from connecto.db.tracking import PREDICTIONS, ensure_indexes, git_commit, now
+from connecto.db.tracking import PREDICTIONS, ensure_indexes, git_commit, now, settle_vanished
+from connecto.names import check_name
 
 DUPLICATE_KEY = 11000
 CollectionState = Literal["empty", "incomplete", "complete"]
@@ -38,9 +39,8 @@ def prediction_collection_name(
     split_name: str, experiment: str, train_id: int, predict_id: int
 ) -> str:
     """synister's name: `<split_name>_<experiment>_t<train_id>_p<predict_id>`."""
-    for what, value in (("split name", split_name), ("experiment", experiment)):
-        if not value or "$" in value or "\0" in value:
-            raise ConnectoError(f"{what} {value!r} cannot be part of a collection name")
+    check_name("split name", split_name)
+    check_name("experiment name", experiment)
     if train_id < 0 or predict_id < 0:
         raise ConnectoError(f"train id {train_id} and predict id {predict_id} must be >= 0")
     return f"{split_name}_{experiment}_t{train_id}_p{predict_id}"
@@ -161,7 +161,8 @@ def track_prediction_run(db: Database, setup_dir: str, fields: dict[str, Any]) -
 
 def list_prediction_runs(db: Database, experiment: str | None = None) -> list[dict[str, Any]]:
     query = {"experiment": experiment} if experiment else {}
-    return list(db[PREDICTIONS].find(query, sort=[("train_id", 1), ("predict_id", 1)]))
+    found = db[PREDICTIONS].find(query, sort=[("train_id", 1), ("predict_id", 1)])
+    return settle_vanished(db[PREDICTIONS], list(found))
 
 
 def prediction_target(config: SynapsePredictConfig) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connecto import ConnectoError
+from connecto.processes import pid_alive as _pid_alive  # connecto.launch.local imports it here
 
 START_TIMEOUT_S = 30.0
 
@@ -40,21 +41,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child (we started it in this process) is not alive.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _port_open(port: int) -> bool:
@@ -77,6 +63,10 @@ def server_command(port: int, storage: Path) -> list[str]:
         "--storage-path", str(storage),
         "--standalone",
         "--log-level", "WARNING",
+        # Write each commit's journal record out (and fsync it) before acknowledging: without
+        # it, records wait in the server's own buffer and a kill -9 loses acknowledged writes
+        # and whole new collections.
+        "--sync-on-commit",
     ]  # fmt: skip
 
 
@@ -123,6 +113,8 @@ class LocalServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # outlives the command that started it
+                    # secantusdb's test switch SECANTUS_TEST_FAST_STORAGE drops the sync above.
+                    env={**os.environ, "SECANTUS_FORCE_DURABLE": "1"},
                 )
             state = ServerState(pid=process.pid, port=port)
             deadline = time.monotonic() + START_TIMEOUT_S

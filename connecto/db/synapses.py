@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from connecto import ConnectoError
 from connecto.db.schema import HEMILINEAGES, SKELETONS, SYNAPSES, init_database
+from connecto.names import is_valid_name
 
 __all__ = [
     "HEMILINEAGES",
@@ -190,7 +191,7 @@ def _clean(collection: str, doc: Any) -> dict[str, Any]:
             raise ValueError(f"field 'prepost': {out['prepost']!r} is not 'pre' or 'post'")
         splits = out.get("splits", {})
         if not isinstance(splits, dict) or not all(
-            isinstance(k, str) and valid_split_name(k) and v in PARTS for k, v in splits.items()
+            is_valid_name(k) and v in PARTS for k, v in splits.items()
         ):
             raise ValueError(f"field 'splits': {splits!r} is not {{split name: {'|'.join(PARTS)}}}")
         if not splits:
@@ -204,10 +205,6 @@ def _clean(collection: str, doc: Any) -> dict[str, Any]:
             raise ValueError(f"field 'name': {out.get('name')!r} is not a string")
         out["nt_guess"] = _as_names(doc.get("nt_guess"), nullable=True)
     return out
-
-
-def valid_split_name(name: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9_\-]+", name))
 
 
 # --- writing ------------------------------------------------------------------------------

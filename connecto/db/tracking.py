@@ -10,8 +10,10 @@ from functools import lru_cache
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
+from pymongo.collection import Collection
 from pymongo.database import Database
 
+from connecto.processes import process_gone
 from connecto.resources import project_root
 
 EXPERIMENTS = "experiments"
@@ -78,7 +80,25 @@ def upsert_run(db: Database, setup_dir: str, fields: dict[str, Any]) -> dict[str
 
 def list_runs(db: Database, experiment: str | None = None) -> list[dict[str, Any]]:
     query = {"experiment": experiment} if experiment else {}
-    return list(db[RUNS].find(query, sort=[("experiment", 1), ("train_id", 1)]))
+    return settle_vanished(
+        db[RUNS], list(db[RUNS].find(query, sort=[("experiment", 1), ("train_id", 1)]))
+    )
+
+
+def settle_vanished(
+    collection: Collection, documents: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`running` documents whose process is provably gone become `interrupted`: a process
+    killed outright (SIGKILL, out of memory) had no chance to say so. Stored as well, unless
+    the document changed meanwhile (a rerun took it over)."""
+    for document in documents:
+        if document.get("state") == "running" and process_gone(document):
+            collection.update_one(
+                {key: document.get(key) for key in ("_id", "state", "pid", "pid_started")},
+                {"$set": {"state": "interrupted", "stopped_by": "process gone", "updated": now()}},
+            )
+            document["state"] = "interrupted"
+    return documents
 
 
 def register_train_setup(

@@ -1,5 +1,7 @@
 """The Apptainer (Singularity) launcher: `apptainer exec --nv -B DIR:DIR ... --pwd WORKDIR
-IMAGE connecto ...`, built as an argument list; the scheduler runs it."""
+IMAGE connecto ...`, built as an argument list; the scheduler runs it. The environment
+(the MongoDB URI with its password) reaches the container as APPTAINERENV_ variables of the
+job's environment, never on the command line."""
 
 from __future__ import annotations
 
@@ -47,10 +49,15 @@ class ApptainerLauncher:
             argv += ["-B", f"{mount}:{mount}" + (":ro" if mode == "ro" else "")]
         # --pwd is the working directory of the command (-W/--workdir is apptainer's scratch).
         argv += ["--pwd", str(task.workdir.resolve())]
-        # The job script exports the environment too; --env survives an image's %environment.
-        for key, value in sorted(env.items()):
-            argv += ["--env", f"{key}={value}"]
+        # No --env here: a command line is visible to every user (ps); see environment().
         return [*argv, self.image, *task.command]
+
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """The job's environment, each variable also as APPTAINERENV_<KEY> (SINGULARITYENV_
+        for singularity): apptainer sets those in the container over an image's
+        %environment, as `--env` would, without the values on the command line."""
+        prefix = "SINGULARITYENV_" if Path(self.binary).name == "singularity" else "APPTAINERENV_"
+        return {**env, **{f"{prefix}{key}": value for key, value in env.items()}}
 
     def image_digest(self) -> str | None:
         """sha256 of a local .sif file; a `docker://` or `library://` reference has none here."""

@@ -8,6 +8,7 @@ somewhere (a detached local process, a SLURM or LSF job) and reports its state.
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,20 +103,39 @@ def final_status(exit_code: int | None, cancelled: bool = False) -> Status:
     return Status("failed", exit_code, None if exit_code is not None else "no exit code")
 
 
+def write_private(path: Path, text: str) -> Path:
+    """Write a file only its owner can read or write: 0600 from the moment it exists (os.open
+    with the mode, never chmod after a write), for secrets such as a MongoDB password."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # a file that existed keeps its mode otherwise
+        handle.write(text)
+    return path
+
+
+def write_env_file(path: Path, env: Mapping[str, str]) -> Path:
+    """A job's environment (the MongoDB URI with its password, among others) as `KEY='value'`
+    lines in an owner-only file, which the job script sources: the script, the logs and the
+    command lines, readable by others, never hold a value."""
+    lines = [f"{key}={shlex.quote(value)}" for key, value in sorted(env.items())]
+    return write_private(path, "".join(f"{line}\n" for line in lines))
+
+
 def job_script(
     argvs: Sequence[Sequence[str]],
     tasks: Sequence[Task],
-    env: Mapping[str, str],
+    env_file: Path,
     index_expr: str = "0",
 ) -> str:
     """A bash script running task number `index_expr` (e.g. `${SLURM_ARRAY_TASK_ID:-0}`):
-    in its working directory, output appended to its log, exit code written to its exit file
-    (atomically, so a reader never sees a partial number) and returned."""
+    with the variables of `env_file` exported, in its working directory, output appended to
+    its log, exit code written to its exit file (atomically, so a reader never sees a partial
+    number) and returned."""
     q = shlex.quote
+    env = q(str(env_file))
     lines = [
         "#!/bin/bash",
         f"# connecto job: {len(tasks)} task(s); written by connecto.launch",
-        *(f"export {key}={q(value)}" for key, value in sorted(env.items())),
         f"i={index_expr}",
         "workdirs=(" + " ".join(q(str(t.workdir)) for t in tasks) + ")",
         "logs=(" + " ".join(q(str(t.log_path)) for t in tasks) + ")",
@@ -126,6 +146,7 @@ def job_script(
     lines += [
         'if [ -z "${workdirs[$i]:-}" ]; then echo "connecto: no task $i" >&2; exit 2; fi',
         'exec >>"${logs[$i]}" 2>&1',
+        f'set -a; . {env} || {{ echo 1 >"${{exits[$i]}}"; exit 1; }}; set +a',
         'cd "${workdirs[$i]}" || { echo 1 >"${exits[$i]}"; exit 1; }',
         'echo "connecto: task $i started on $(hostname) at $(date -Is)"',
         '"task_$i"',

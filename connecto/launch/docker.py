@@ -1,11 +1,12 @@
 """The Docker launcher: runs a task in a container through the Docker SDK.
 
-`prepare()` writes the container's spec (image, command, mounts, environment, user, working
-directory, GPUs, network) beside the task's log and returns the host-side command
-`python -m connecto.launch.docker SPEC`, which starts the container, streams its output to
-stdout (the task's log), stops it on SIGTERM/SIGINT (scancel, bkill, `connecto jobs cancel`)
-and exits with the container's exit code. So a container is an ordinary process to every
-scheduler, and no container outlives its job.
+`prepare()` writes the container's spec (image, command, mounts, the names of the variables
+to pass from the job's environment, user, working directory, GPUs, network) beside the task's
+log and returns the host-side command `python -m connecto.launch.docker SPEC`, which starts
+the container, streams its output to stdout (the task's log), stops it on SIGTERM/SIGINT
+(scancel, bkill, `connecto jobs cancel`) and exits with the container's exit code. So a
+container is an ordinary process to every scheduler, and no container outlives its job. The
+runner gets the environment's values (the MongoDB password) from the job, not from the spec.
 """
 
 from __future__ import annotations
@@ -36,12 +37,19 @@ class ContainerSpec:
     command: list[str]
     workdir: str
     mounts: dict[str, str]  # host directory -> "rw" | "ro", bound at the same path
-    env: dict[str, str]
+    env: dict[str, str]  # fixed values, written to disk: never a secret
     user: str  # "uid:gid" of the caller, so files it writes belong to the user
     num_gpus: int = 0
     network_mode: str | None = None  # "host" when the MongoDB URI is a loopback address
     name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    pass_env: list[str] = field(default_factory=list)  # names whose values come from the runner
+
+    def environment(self, host_env: Mapping[str, str]) -> dict[str, str]:
+        """The container's environment: `env`, plus the `pass_env` variables of the runner's
+        environment (the job's, from its 0600 env file), so the spec on disk holds no
+        password."""
+        return {**self.env, **{key: host_env[key] for key in self.pass_env if key in host_env}}
 
 
 def needs_host_network(env: Mapping[str, str]) -> bool:
@@ -82,13 +90,13 @@ class DockerLauncher:
         missing = [m for m in mounts if not Path(m).exists()]
         if missing:
             raise ConnectoError(f"mount_dirs: {', '.join(missing)} does not exist on this host")
-        container_env = {"HOME": "/tmp", **env}  # an image's HOME may not exist for our uid
         return ContainerSpec(
             image=self.image,
             command=list(task.command),
             workdir=str(task.workdir.resolve()),
             mounts=mounts,
-            env=container_env,
+            env={"HOME": "/tmp"},  # an image's HOME may not exist for our uid
+            pass_env=sorted(env),
             user=f"{os.getuid()}:{os.getgid()}",
             num_gpus=self.num_gpus,
             network_mode="host" if needs_host_network(env) else None,
@@ -99,6 +107,10 @@ class DockerLauncher:
         path = task.log_path.with_suffix(".docker.json")
         path.write_text(json.dumps(asdict(self.spec(task, env)), indent=1))
         return [sys.executable, "-m", "connecto.launch.docker", str(path)]
+
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """The job's environment: the runner passes it on to the container."""
+        return dict(env)
 
     def image_digest(self) -> str | None:
         from docker.errors import ImageNotFound
@@ -141,7 +153,7 @@ def run_container(spec: ContainerSpec) -> int:
             detach=True,
             working_dir=spec.workdir,
             volumes={m: {"bind": m, "mode": mode} for m, mode in spec.mounts.items()},
-            environment=spec.env,
+            environment=spec.environment(os.environ),
             user=spec.user,
             device_requests=device_requests,
             network_mode=spec.network_mode,

@@ -13,7 +13,15 @@ from pathlib import Path
 
 from connecto import ConnectoError
 from connecto.db.server import _pid_alive as pid_alive
-from connecto.launch.base import Resources, Status, Task, final_status, job_script, read_exit_file
+from connecto.launch.base import (
+    Resources,
+    Status,
+    Task,
+    final_status,
+    job_script,
+    read_exit_file,
+    write_env_file,
+)
 
 
 def connecto_argv() -> list[str]:
@@ -34,6 +42,9 @@ class LocalLauncher:
     def prepare(self, task: Task, env: Mapping[str, str]) -> list[str]:
         return resolve_command(task.command)
 
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        return dict(env)
+
     def image_digest(self) -> str | None:
         return None
 
@@ -53,9 +64,10 @@ class LocalScheduler:
         script_path: Path,
     ) -> list[str]:
         ids = []
+        env_file = write_env_file(script_path.with_suffix(".env"), env)
         for number, (argv, task) in enumerate(zip(argvs, tasks, strict=True)):
             path = script_path.with_name(f"{script_path.stem}.{number}.sh")
-            path.write_text(job_script([argv], [task], env))
+            path.write_text(job_script([argv], [task], env_file))
             process = subprocess.Popen(
                 ["bash", str(path)],
                 stdin=subprocess.DEVNULL,

@@ -8,7 +8,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from connecto import ConnectoError
-from connecto.launch.base import Resources, Status, Task, final_status, job_script, read_exit_file
+from connecto.launch.base import (
+    Resources,
+    Status,
+    Task,
+    final_status,
+    job_script,
+    read_exit_file,
+    write_env_file,
+)
 from connecto.launch.slurm import run
 
 _SUBMITTED = re.compile(r"Job <(\d+)> is submitted")
@@ -54,7 +62,8 @@ class LsfScheduler:
         env: Mapping[str, str],
         script_path: Path,
     ) -> list[str]:
-        script_path.write_text(job_script(argvs, tasks, env, "$(( ${LSB_JOBINDEX:-1} - 1 ))"))
+        env_file = write_env_file(script_path.with_suffix(".env"), env)
+        script_path.write_text(job_script(argvs, tasks, env_file, "$(( ${LSB_JOBINDEX:-1} - 1 ))"))
         log = tasks[0].log_path if len(tasks) == 1 else script_path.with_suffix(".%J_%I.out")
         result = run(bsub_argv(resources, job_name, log, script_path, len(tasks)))
         match = _SUBMITTED.search(result.stdout)

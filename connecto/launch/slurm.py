@@ -10,7 +10,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from connecto import ConnectoError
-from connecto.launch.base import Resources, Status, Task, final_status, job_script, read_exit_file
+from connecto.launch.base import (
+    Resources,
+    Status,
+    Task,
+    final_status,
+    job_script,
+    read_exit_file,
+    write_env_file,
+)
 
 TIMEOUT_S = 60
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"}
@@ -88,7 +96,8 @@ class SlurmScheduler:
         env: Mapping[str, str],
         script_path: Path,
     ) -> list[str]:
-        script_path.write_text(job_script(argvs, tasks, env, "${SLURM_ARRAY_TASK_ID:-0}"))
+        env_file = write_env_file(script_path.with_suffix(".env"), env)
+        script_path.write_text(job_script(argvs, tasks, env_file, "${SLURM_ARRAY_TASK_ID:-0}"))
         log = tasks[0].log_path if len(tasks) == 1 else script_path.with_suffix(".%A_%a.out")
         result = run(sbatch_argv(resources, job_name, log, script_path, len(tasks)))
         if result.returncode != 0:

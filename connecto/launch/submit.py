@@ -33,7 +33,9 @@ JOBS_DIR = "jobs"  # in each setup: job scripts, logs, exit codes
 
 def job_environment(settings: Settings) -> dict[str, str]:
     """What every job needs to reach the same database and settings as its submitter: the
-    caller's CONNECTO_* variables and the resolved MongoDB URI (the embedded server's too)."""
+    caller's CONNECTO_* variables and the resolved MongoDB URI (the embedded server's too).
+    It holds the password of the URI: schedulers keep it in an owner-only env file beside
+    the job script (`base.write_env_file`), never in the script or on a command line."""
     env = {k: v for k, v in os.environ.items() if k.startswith("CONNECTO_")}
     env["CONNECTO_MONGO_URI"] = resolve_uri(settings)
     env["CONNECTO_TRACKING_DB"] = settings.tracking_db
@@ -97,7 +99,7 @@ def submit_tasks(
     resources = Resources.from_worker(worker)
     db = tracking_database(settings)
     digest = launcher.image_digest()  # also checks the image exists, before anything is written
-    env = job_environment(settings)
+    env = launcher.environment(job_environment(settings))
     for task in tasks:
         task.log_path.parent.mkdir(parents=True, exist_ok=True)
     argvs = [launcher.prepare(task, env) for task in tasks]

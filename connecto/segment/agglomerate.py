@@ -47,7 +47,7 @@ def waterz_affinities(affs: np.ndarray, neighborhood: list[tuple[int, int, int]]
 
 
 @contextmanager
-def _quiet_stdout() -> Iterator[None]:
+def quiet_stdout() -> Iterator[None]:
     """waterz prints a line per call from C++; keep it out of the logs."""
     saved = os.dup(1)
     with open(os.devnull, "wb") as null:
@@ -73,7 +73,7 @@ def agglomerate_fragments(
         return ids, local, []
     import waterz  # compiled; only the workers need it
 
-    with _quiet_stdout():
+    with quiet_stdout():
         generator = waterz.agglomerate(
             np.ascontiguousarray(affs, dtype=np.float32), [threshold],
             fragments=local.copy(), scoring_function=MERGE_FUNCTIONS[merge_function],
