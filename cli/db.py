@@ -59,7 +59,8 @@ def down() -> None:
 def status() -> None:
     """Show the server connecto uses: URI, version, databases and collection counts."""
     settings = load_settings()
-    if not settings.mongo_uri and LocalServer(settings.data_dir).state() is None:
+    configured = bool(settings.mongo_uri or settings.mongo_credentials)
+    if not configured and LocalServer(settings.data_dir).state() is None:
         typer.echo(
             "embedded MongoDB server: not running (`connecto db up` starts it; "
             "any command that needs it starts it too)"
@@ -68,7 +69,7 @@ def status() -> None:
     uri = resolve_uri(settings)
     client = connect(uri, settings.mongo_timeout_s)
     described = describe_server(client)
-    kind = "configured" if settings.mongo_uri else "embedded"
+    kind = "configured" if configured else "embedded"
     typer.echo(f"server: {redact_uri(uri)} ({kind}), version {described['version']}")
     table = Table("database", "collection", "documents")
     for name, collections in described["databases"].items():

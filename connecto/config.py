@@ -42,7 +42,8 @@ ExperimentName = Annotated[str, AfterValidator(lambda value: check_name("experim
 
 
 class ConfigModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `learning_rate = inf` (or nan) is refused, naming the key
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class WorkerConfig(ConfigModel):
@@ -311,26 +312,59 @@ def validate(model: type[ModelT], values: dict[str, Any], source: str) -> ModelT
 # ---------------------------------------------------------------- files
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def one_line(error: Exception) -> str:
+    """configparser's messages span lines (file, line, text): join them."""
+    return " ".join(str(error).split())
+
+
+def read_text(path: Path) -> str:
+    """A config file's text; unreadable or binary files are one-line ConnectoErrors."""
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConnectoError(f"{path}: not valid TOML: {error}") from None
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConnectoError(
+            f"{path}: not a text file (byte {error.start} is not UTF-8); expected TOML or INI"
+        ) from None
     except OSError as error:
         raise ConnectoError(f"{path}: cannot be read: {error.strerror}") from None
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    text = read_text(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConnectoError(f"{path}: not valid TOML: {error}") from None
+
+
+def _ini_section(model: type[BaseModel]) -> str | None:
+    """The synister section a model's INI file must have; None: any one section."""
+    kinds = {SynapseTrainConfig: "train", WorkerConfig: "worker", SynapsePredictConfig: "predict"}
+    kind = kinds.get(model)  # type: ignore[call-overload]
+    return INI_SECTIONS[kind] if kind else None
+
+
 def read_ini(path: Path, model: type[BaseModel]) -> dict[str, Any]:
     parser = configparser.ConfigParser()
+    text = read_text(path)
     try:
-        parser.read_string(path.read_text(), source=str(path))
+        parser.read_string(text, source=str(path))
     except configparser.Error as error:
-        raise ConnectoError(f"{path}: not a valid INI file: {error}") from None
-    if len(parser.sections()) != 1:
-        expected = " or ".join(f"[{s}]" for s in INI_SECTIONS.values())
-        raise ConnectoError(f"{path}: expected exactly one section ({expected})")
-    section = parser[parser.sections()[0]]
+        raise ConnectoError(f"{path}: not a valid INI file: {one_line(error)}") from None
+    sections, expected = parser.sections(), _ini_section(model)
+    if len(sections) != 1 or (expected and sections[0] != expected):
+        wanted = " or ".join(f"[{s}]" for s in ([expected] if expected else INI_SECTIONS.values()))
+        found = ", ".join(f"[{s}]" for s in sections) or "none"
+        raise ConnectoError(f"{path}: expected exactly one section {wanted}, found {found}")
+    name = sections[0]
+    section = parser[name]
     values = {INI_RENAMES.get(k, k): parse_ini_value(v) for k, v in section.items()}
+    unknown = [key for key in section if INI_RENAMES.get(key, key) not in model.model_fields]
+    if unknown:
+        raise ConnectoError(
+            f"{path}: [{name}] key '{unknown[0]}' is not a known setting (expected one of "
+            f"{', '.join(model.model_fields)})"
+        )
     return coerce_for_model(model, values)
 
 
@@ -383,10 +417,11 @@ def find_config(directory: Path, stem: str) -> Path:
 def convert_ini(path: Path) -> tuple[BaseModel, str]:
     """Load a synister INI into its model; returns (config, TOML file stem)."""
     parser = configparser.ConfigParser()
+    text = read_text(path)
     try:
-        parser.read_string(path.read_text(), source=str(path))
-    except (configparser.Error, OSError) as error:
-        raise ConnectoError(f"{path}: cannot be read as INI: {error}") from None
+        parser.read_string(text, source=str(path))
+    except configparser.Error as error:
+        raise ConnectoError(f"{path}: not a valid INI file: {one_line(error)}") from None
     section_to_kind = {v: k for k, v in INI_SECTIONS.items()}
     kinds = [section_to_kind[s] for s in parser.sections() if s in section_to_kind]
     if len(kinds) != 1:

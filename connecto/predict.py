@@ -33,15 +33,18 @@ from connecto import ConnectoError
 from connecto.config import SynapsePredictConfig
 from connecto.db.client import connect, get_database, resolve_uri, tracking_database
 from connecto.db.predictions import (
+    collection_owner,
     collection_state,
     prediction_document,
     prediction_target,
     prepare_collection,
+    refuse_foreign_collection,
     track_prediction_run,
     write_predictions,
 )
 from connecto.db.tracking import now
 from connecto.experiment import PredictSetup, TrainSetup, find_setup, prepare_prediction
+from connecto.locks import setup_lock
 from connecto.processes import die_with_parent, process_record
 from connecto.settings import load_settings
 
@@ -184,10 +187,12 @@ def check_run_options(workers: int, batch_size: int | None) -> None:
 
 def refuse_complete(setups: Sequence[PredictSetup], overwrite: bool) -> None:
     """Before predicting anything: refuse if any setup's collection is already complete
-    (and neither --overwrite nor its config allows replacing it)."""
+    (and neither --overwrite nor its config allows replacing it), or if another setup owns
+    its collection."""
     complete = []
     for setup in setups:
         config = setup.predict_config()
+        refuse_foreign_collection(tracking_database(), setup.path, config)
         if overwrite or config.overwrite:
             continue
         database, name = prediction_target(config)
@@ -208,7 +213,15 @@ def run_prediction(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> PredictionRun:
-    """Predict (or finish predicting) the split part of one predict setup."""
+    """Predict (or finish predicting) the split part of one predict setup; one process
+    per setup, so two runs never predict the same synapses."""
+    with setup_lock(setup.path, "connecto predict"):
+        return _run_prediction(setup, overwrite, workers, batch_size, progress)
+
+
+def _run_prediction(
+    setup: PredictSetup, overwrite: bool, workers: int, batch_size: int | None, progress: bool
+) -> PredictionRun:
     check_run_options(workers, batch_size)
     config = setup.predict_config()
     checkpoint = Path(config.train_checkpoint)
@@ -222,13 +235,14 @@ def run_prediction(
             f"{config.synapse_types} in database {config.db_name_data!r}"
         )
     database, name = prediction_target(config)
+    tracking = tracking_database()
+    refuse_foreign_collection(tracking, setup.path, config)  # before it is touched
     expected = [s["synapse_id"] for s in synapses]
     collection, missing_ids = prepare_collection(
         get_database(database), name, expected, overwrite or config.overwrite
     )
     missing = set(missing_ids)
     todo = [s for s in synapses if s["synapse_id"] in missing]
-    tracking = tracking_database()
     setup_dir = str(setup.path)
     track_prediction_run(
         tracking,
@@ -245,6 +259,7 @@ def run_prediction(
             "split_part": config.split_part,
             "predictions_db": database,
             "collection": name,
+            "owner": collection_owner(setup.path, config),
             "class_names": config.class_names,
             "expected": len(expected),
             "written": len(expected) - len(todo),

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,8 +38,17 @@ def settings_files() -> list[Path]:
     return [user_config_dir() / "connecto.toml", Path.cwd() / "connecto.toml"]
 
 
+class _TomlFile(TomlConfigSettingsSource):
+    """A settings file whose TOML errors name the file, in one line."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:  # type: ignore[override]
+        from connecto.config import read_toml
+
+        return read_toml(Path(file_path))
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONNECTO_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="CONNECTO_", extra="forbid", allow_inf_nan=False)
 
     mongo_uri: str | None = Field(
         default=None,
@@ -59,6 +68,13 @@ class Settings(BaseSettings):
     launcher: Launcher = Field(default="local", description="default job launcher")
     scheduler: Scheduler = Field(default="none", description="default cluster scheduler")
 
+    @field_validator("mongo_uri")
+    @classmethod
+    def _check_mongo_uri(cls, uri: str | None) -> str | None:
+        if uri:
+            check_mongo_uri(uri)
+        return uri
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -72,8 +88,8 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=cwd_file),
-            TomlConfigSettingsSource(settings_cls, toml_file=user_file),
+            _TomlFile(settings_cls, toml_file=cwd_file),
+            _TomlFile(settings_cls, toml_file=user_file),
         )
 
     def redacted(self) -> dict[str, object]:
@@ -89,6 +105,24 @@ _PASSWORD_IN_URI = re.compile(r"^(?P<scheme>[a-z+]+://)(?P<user>[^:@/]*):(?P<pas
 def redact_uri(uri: str) -> str:
     """`mongodb://user:secret@host` -> `mongodb://user:***@host`."""
     return _PASSWORD_IN_URI.sub(r"\g<scheme>\g<user>:***@", uri)
+
+
+def check_mongo_uri(uri: str) -> None:
+    """A ValueError naming the (redacted) URI unless pymongo can parse it; no DNS lookups."""
+    from pymongo.errors import ConfigurationError
+    from pymongo.uri_parser import parse_uri
+
+    try:
+        # pymongo reads a bare `host[:port]` as a URI; an SRV URI's DNS lookup waits for connect
+        plain = (
+            uri.replace("mongodb+srv://", "mongodb://", 1) if "://" in uri else f"mongodb://{uri}"
+        )
+        parse_uri(plain, warn=True)
+    except (ValueError, ConfigurationError) as error:
+        raise ValueError(
+            f"{redact_uri(uri)!r} is not a MongoDB URI (mongodb://[user:password@]host[:port]/): "
+            f"{str(error).split('. Hint')[0]}"
+        ) from None
 
 
 def uri_from_credentials(path: Path) -> str:
@@ -109,6 +143,10 @@ def uri_from_credentials(path: Path) -> str:
             f"user, password, port): {error}"
         ) from None
     port = section.get("port", "27017")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConnectoError(
+            f"{path}: [Credentials] key 'port' = {port!r}: expected a port number (1-65535)"
+        )
     user, password = section.get("user"), section.get("password")
     auth = f"{quote_plus(user)}:{quote_plus(password or '')}@" if user else ""
     return f"mongodb://{auth}{host}:{port}/"
@@ -122,8 +160,13 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        files = ", ".join(str(f) for f in settings_files() if f.exists()) or "environment"
-        raise ConnectoError(f"invalid settings ({files}): {problems}") from None
+        files = ", ".join(str(f) for f in settings_files() if f.exists()) or "defaults"
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(p) for p in item["loc"])
+            variable = f"CONNECTO_{key.upper()}"
+            source = variable if variable in os.environ else files
+            # a URI may hold a password: its validator shows it redacted
+            value = "" if key == "mongo_uri" else f" = {item['input']!r}"
+            problems.append(f"{source}: {key}{value}: {item['msg'].removeprefix('Value error, ')}")
+        raise ConnectoError(f"invalid settings: {'; '.join(problems)}") from None

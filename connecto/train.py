@@ -39,6 +39,7 @@ from tqdm import tqdm
 from connecto import ConnectoError
 from connecto.db.tracking import git_commit, now, upsert_run
 from connecto.experiment import TrainSetup
+from connecto.locks import setup_lock
 from connecto.processes import children_die_with_parent, process_record
 
 TASKS: dict[str, str] = {
@@ -201,7 +202,13 @@ def _seed(seed: int | None, iteration: int) -> None:
 def train(
     setup: TrainSetup, iterations: int, progress: bool = True, device: str | None = None
 ) -> TrainResult:
-    """Train the setup until `iterations` in total, resuming from its latest checkpoint."""
+    """Train the setup until `iterations` in total, resuming from its latest checkpoint;
+    one process per setup, so two runs never overwrite each other's checkpoints."""
+    with setup_lock(setup.path, "connecto train"):
+        return _train(setup, iterations, progress, device)
+
+
+def _train(setup: TrainSetup, iterations: int, progress: bool, device: str | None) -> TrainResult:
     if iterations < 1:
         raise ConnectoError(f"ITERATIONS {iterations}: must be at least 1")
     config = setup.train_config()

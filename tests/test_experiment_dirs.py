@@ -154,3 +154,16 @@ def test_predict_config_model_rejects_unknown_split(tmp_path: Path) -> None:
                 "split_part": "dev",
             }
         )
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_prepare_training_refuses_non_finite_floats(
+    connecto, tmp_path: Path, tracking_db: str, value: str
+) -> None:
+    result = connecto(
+        "prepare-training", "-d", tmp_path, "-e", "exp", "-t", "0",
+        "--set", f"learning_rate={value}",
+    )  # fmt: skip
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "key 'learning_rate'" in result.stderr and "finite" in result.stderr
+    assert not (tmp_path / "exp").exists()

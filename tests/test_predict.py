@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from connecto.data.synthetic import synthesize_synapses
 from connecto.db.predictions import list_prediction_runs, prediction_collection_name
 from connecto.evaluate.synapses import evaluate
 from connecto.experiment import PredictSetup, TrainSetup, prepare_prediction, prepare_training
+from connecto.locks import setup_lock
 from connecto.models.vgg3d import build_vgg3d
 from connecto.predict import predict, run_prediction
 from tests.conftest import CONNECTO, survivors
@@ -45,6 +47,7 @@ class Env:
     data_db: str
     tracking_db: str
     expected: dict[str, set[int]]  # split part -> synapse ids
+    overrides: list[str]  # the train setup's config overrides, for more setups on the data
 
     def predictions(self, client: MongoClient, collection: str) -> dict[int, dict]:
         found = client[f"{self.data_db}_predictions"][collection].find({}, {"_id": 0})
@@ -83,7 +86,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, mongo_client: MongoClient) -> 
             state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": {},
                      "iteration": iteration}  # fmt: skip
             torch.save(state, train.checkpoint(iteration))
-        yield Env(train, data_db, tracking_db, expected)
+        yield Env(train, data_db, tracking_db, expected, overrides)
     for name in (data_db, f"{data_db}_predictions", tracking_db):
         mongo_client.drop_database(name)
 
@@ -257,3 +260,83 @@ def test_all_checkpoints_refused_as_a_whole_then_select_best(env: Env) -> None:
     assert "best checkpoint: iteration" in best.stdout
     assert "connecto predict --split test --iterations" in best.stdout
     assert "iteration       10" in best.stdout and "iteration       20" in best.stdout
+
+
+def small_train_setup(env: Env, base: Path, experiment: str, seed: int) -> TrainSetup:
+    """A train setup on the module's data with one checkpoint (iteration 10)."""
+    train, config, _ = prepare_training(base, experiment, 0, overrides=env.overrides)
+    torch.manual_seed(seed)
+    state = {"model_state_dict": build_vgg3d(config).state_dict(),  # type: ignore[arg-type]
+             "optimizer_state_dict": {}, "iteration": 10}  # fmt: skip
+    torch.save(state, train.checkpoint(10))
+    return train
+
+
+def test_a_collection_belongs_to_one_setup(
+    env: Env, mongo_client: MongoClient, tmp_path: Path
+) -> None:
+    """Same experiment name and train id under two bases: same collection name. The second
+    setup may neither resume nor overwrite the first's collection."""
+    a = small_train_setup(env, tmp_path / "a", "owned", seed=3)
+    b = small_train_setup(env, tmp_path / "b", "owned", seed=4)
+    [first] = predict(a.path, "validation", [10], progress=False)
+    name = first.collection
+    before = env.predictions(mongo_client, name)
+    a_setup = str(first.setup.path.resolve())
+
+    refused = run(env, "predict", "--split", "validation", "-i", "10", cwd=b.path)
+    assert refused.returncode == 1 and a_setup in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    with pytest.raises(ConnectoError, match=f"belongs to predict setup {a_setup} "):
+        predict(b.path, "validation", [10], overwrite=True, progress=False)
+    # an incomplete collection is not resumed with b's weights either
+    dropped = sorted(before)[: len(before) // 2]
+    mongo_client[f"{env.data_db}_predictions"][name].delete_many({"synapse_id": {"$in": dropped}})
+    left = env.predictions(mongo_client, name)
+    assert 0 < len(left) < len(before)
+    with pytest.raises(ConnectoError, match=f"belongs to predict setup {a_setup} "):
+        predict(b.path, "validation", [10], progress=False)
+    assert env.predictions(mongo_client, name) == left
+    assert {k: before[k] for k in left} == left
+
+    # a itself resumes its own collection
+    [resumed] = predict(a.path, "validation", [10], progress=False)
+    assert resumed.resumed_from == len(left) and env.predictions(mongo_client, name) == before
+    owner = mongo_client[env.tracking_db]["predictions"].find_one({"collection": name})["owner"]
+    assert owner["setup"] == a_setup and owner["checkpoint"] == str(a.checkpoint(10).resolve())
+    assert len(owner["config_hash"]) == 64
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from connecto.locks import setup_lock
+with setup_lock(Path(sys.argv[1]), "connecto train"):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_process_per_setup(env: Env, tmp_path: Path) -> None:
+    """While a process holds a setup, `connecto train` and `connecto predict` there fail
+    naming it; once it is SIGKILLed, the setup is free again."""
+    [(predict_setup, _)] = prepare_prediction(env.train, [10], "test")
+    for path, command in ((env.train.path, ["train", "20"]), (predict_setup.path, ["predict"])):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+            busy = run(env, *command, cwd=path)
+            assert busy.returncode == 1, busy.stdout
+            [line] = busy.stderr.strip().splitlines()
+            assert f"{path} is in use by pid {holder.pid} on " in line
+            assert "connecto train started at " in line
+            with pytest.raises(ConnectoError, match=f"in use by pid {holder.pid} "):
+                with setup_lock(path, "test"):
+                    pass
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+        with setup_lock(path, "test"):  # the kernel dropped the dead holder's lock
+            pass

@@ -76,3 +76,53 @@ def test_synister_credentials_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     credentials.write_text("[Other]\nhost = x\n")
     with pytest.raises(ConnectoError, match="credentials"):
         resolve_uri(load_settings())
+
+
+def _one_line_error(result) -> str:
+    """The CLI refused with exit 1 and one line on stderr, no traceback."""
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("content", [b"launcher = \n", b"\x00\xff\xfe binary"])
+def test_malformed_cwd_settings_file_is_one_line(connecto, tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "connecto.toml").write_bytes(content)
+    message = _one_line_error(connecto("config", "show", cwd=tmp_path))
+    assert str(tmp_path / "connecto.toml") in message
+
+
+def test_credentials_port_not_a_number_is_one_line(connecto, tmp_path: Path) -> None:
+    credentials = tmp_path / "db_credentials.ini"
+    credentials.write_text("[Credentials]\nhost = localhost\nport = abc\n")
+    result = connecto(
+        "db", "status", cwd=tmp_path,
+        env={"CONNECTO_MONGO_URI": "", "CONNECTO_MONGO_CREDENTIALS": str(credentials)},
+    )  # fmt: skip
+    message = _one_line_error(result)
+    assert str(credentials) in message and "'port' = 'abc'" in message
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("mongodb://", "hostname"),
+        ("mongodb://db.lab:abc/", "Port"),
+        ("mongodb://alice:pa:ss@db.lab/", "escaped"),
+        ("mongodb+srv://db.lab:27017/", "port"),
+    ],
+)
+def test_malformed_mongo_uri_is_one_line(connecto, tmp_path: Path, uri: str, reason: str) -> None:
+    result = connecto(
+        "db", "status", cwd=tmp_path,
+        env={"CONNECTO_MONGO_URI": uri, "CONNECTO_MONGO_TIMEOUT_S": "0.5"},
+    )  # fmt: skip
+    message = _one_line_error(result)
+    assert "mongo_uri" in message and reason in message
+    assert "pa:ss" not in message
+
+
+def test_bad_setting_names_variable_key_and_value(connecto, tmp_path: Path) -> None:
+    result = connecto("config", "show", cwd=tmp_path, env={"CONNECTO_MONGO_TIMEOUT_S": "inf"})
+    message = _one_line_error(result)
+    assert "CONNECTO_MONGO_TIMEOUT_S: mongo_timeout_s = 'inf'" in message and "finite" in message

@@ -358,3 +358,20 @@ def test_dropped_connection_mid_import_is_resumed(
     assert report.inserted["synapses"] == 30 and report.inserted["skeletons"] == 3
     assert failpoint_db.synapses.count_documents({}) == 30
     assert failpoint_db.skeletons.count_documents({}) == 3
+
+
+@pytest.mark.parametrize(
+    "content", [bytes(range(256)) * 4, b"body,x,y,z,conf,syn_id\n8,1,2,3,0.9,1\n8,\xff\xfe,2\n"]
+)
+def test_binary_csv_is_refused_without_traceback(
+    connecto, small_db: Database, tmp_path: Path, content: bytes
+) -> None:
+    before = snapshot(small_db)
+    path = tmp_path / "binary.csv"
+    path.write_bytes(content)
+    result = connecto(
+        "db", "import", "csv", "--db", small_db.name, "--voxel-size", "8,8,8", "--nt", "gaba", path
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{path}: not a CSV text table (not UTF-8 text)" in result.stderr
+    assert snapshot(small_db) == before

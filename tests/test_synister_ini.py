@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from connecto.config import (
     SynapseTrainConfig,
     WorkerConfig,
     load_config,
+    load_train_config,
     parse_ini_value,
 )
 
@@ -148,4 +150,53 @@ def test_ini_errors_name_file_key_value(tmp_path: Path) -> None:
 
     path.write_text("not an ini file")
     with pytest.raises(ConnectoError, match="not a valid INI"):
+        load_config(path, SynapseTrainConfig)
+
+
+def test_binary_config_files_are_one_line(connecto, tmp_path: Path) -> None:
+    binary = b"\x00\xff\xfe\x89PNG"
+    toml_path = tmp_path / "train_config.toml"
+    toml_path.write_bytes(binary)
+    with pytest.raises(ConnectoError, match=r"train_config\.toml: not a text file"):
+        load_train_config(toml_path)
+    ini_path = tmp_path / "train_config.ini"
+    ini_path.write_bytes(binary)
+    result = connecto("config", "convert", ini_path)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"{ini_path}: not a text file" in result.stderr
+
+
+def test_malformed_ini_is_one_line(connecto, tmp_path: Path) -> None:
+    path = tmp_path / "worker_config.ini"
+    path.write_text("num_cpus = 5\n[Worker]\n")
+    result = connecto("config", "convert", path)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"{path}: not a valid INI file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (WORKER_INI + "shiny = None\n", r"\[Worker\] key 'shiny' is not a known setting"),
+        (WORKER_INI + "num_gpu = 2\n", r"\[Worker\] key 'num_gpu' is not a known setting"),
+        (
+            "[Training]\nnum_cpus = 5\n",
+            r"expected exactly one section \[Worker\], found \[Training\]",
+        ),
+    ],
+)
+def test_ini_unknown_key_or_wrong_section_is_refused(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = tmp_path / "worker_config.ini"
+    path.write_text(text)
+    with pytest.raises(ConnectoError, match=rf"^{re.escape(str(path))}: {expected}"):
+        load_config(path, WorkerConfig)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e999"])
+def test_non_finite_floats_are_refused(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "train_config.ini"
+    path.write_text(TRAIN_INI + f"learning_rate = {value}\n")
+    with pytest.raises(ConnectoError, match=r"key 'learning_rate' = .*finite"):
         load_config(path, SynapseTrainConfig)

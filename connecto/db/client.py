@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConfigurationError, PyMongoError
 
 from connecto import ConnectoError
 from connecto.db.server import LocalServer
@@ -33,13 +33,17 @@ def resolve_uri(settings: Settings) -> str:
 
 def connect(uri: str, timeout_s: float) -> MongoClient:
     """A client that has answered a ping; otherwise a one-line ConnectoError."""
-    client: MongoClient = MongoClient(
-        uri,
-        # Only server selection is short (a dead server fails fast); connectTimeoutMS also
-        # bounds pymongo's heartbeats, and a short one cancels long operations on a busy server.
-        serverSelectionTimeoutMS=int(timeout_s * 1000),
-        tz_aware=True,
-    )
+    try:
+        client: MongoClient = MongoClient(
+            uri,
+            # Only server selection is short (a dead server fails fast); connectTimeoutMS also
+            # bounds pymongo's heartbeats, and a short one cancels long operations on a busy
+            # server.
+            serverSelectionTimeoutMS=int(timeout_s * 1000),
+            tz_aware=True,
+        )
+    except (ConfigurationError, ValueError) as error:  # a bad URI, or an SRV record not found
+        raise ConnectoError(f"mongo_uri {redact_uri(uri)!r} is not usable: {error}") from None
     try:
         client.admin.command("ping")
     except PyMongoError as error:

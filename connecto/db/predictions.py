@@ -9,12 +9,19 @@ Predictions of one predict setup live in database `<data_db>_predictions`, colle
 
 `synapse_id` has a unique index, so a resumed run can never write a synapse twice: writes
 are unordered bulk inserts whose duplicate-key errors are expected and ignored.
+
+The name does not say which base directory a setup lives in, so two setups can name the
+same collection. Each collection belongs to the predict setup whose tracking document
+first names it (`owner`: setup path, checkpoint, config hash); any other is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pymongo import ASCENDING, ReturnDocument
@@ -170,3 +177,30 @@ def prediction_target(config: SynapsePredictConfig) -> tuple[str, str]:
     return predictions_database_name(config.db_name_data), prediction_collection_name(
         config.split_name, config.experiment, config.train_number, config.predict_number
     )
+
+
+def collection_owner(setup_dir: Path, config: SynapsePredictConfig) -> dict[str, str]:
+    """What identifies the predict setup a collection belongs to."""
+    dumped = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return {
+        "setup": str(Path(setup_dir).resolve()),
+        "checkpoint": str(Path(config.train_checkpoint).resolve()),
+        "config_hash": hashlib.sha256(dumped.encode()).hexdigest(),
+    }
+
+
+def refuse_foreign_collection(db: Database, setup_dir: Path, config: SynapsePredictConfig) -> None:
+    """Raise unless the setup's collection is unclaimed or already its own: resuming or
+    overwriting another setup's collection would mix or destroy that setup's results."""
+    database, name = prediction_target(config)
+    setup = str(Path(setup_dir).resolve())
+    for other in db[PREDICTIONS].find({"predictions_db": database, "collection": name}):
+        owner = other.get("owner") or {}
+        owner_setup = owner.get("setup") or str(Path(other["setup_dir"]).resolve())
+        if owner_setup != setup:
+            raise ConnectoError(
+                f"{database}.{name} belongs to predict setup {owner_setup} "
+                f"(checkpoint {owner.get('checkpoint', other.get('checkpoint'))}), not to "
+                f"{setup}: setups with the same experiment name and train id under different "
+                "base directories share collection names; rename one experiment"
+            )

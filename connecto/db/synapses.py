@@ -506,6 +506,29 @@ def _synister_documents(
 
 
 CSV_COLUMNS = ("body", "x", "y", "z", "syn_id")
+CSV_HEADER = "body,x,y,z[,conf],syn_id"
+
+
+def _csv_rows(path: Path, problems: Problems) -> Iterator[tuple[str, dict[str, str]]]:
+    """(origin `file:line`, row) of a CSV table; unreadable files, binary contents and
+    missing columns become problems."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                problems.add(
+                    f"{path}:1",
+                    f"missing column(s) {', '.join(missing)} (header {reader.fieldnames})",
+                )
+                return
+            for row in reader:
+                yield f"{path}:{reader.line_num}", row
+    except OSError as error:
+        problems.add(str(path), f"cannot be read: {error.strerror}")
+    except (UnicodeDecodeError, csv.Error) as error:
+        reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else str(error)
+        problems.add(str(path), f"not a CSV text table ({reason}); expected {CSV_HEADER}")
 
 
 def read_synapse_csvs(
@@ -526,50 +549,35 @@ def read_synapse_csvs(
     bodies: dict[int, tuple[str | None, str]] = {}  # body -> (transmitter, first origin)
     for path in map(Path, files):
         transmitter = path.stem if nt_from_filename else nt
-        try:
-            handle = open(path, newline="")  # noqa: SIM115 (closed below)
-        except OSError as error:
-            problems.add(str(path), f"cannot be read: {error.strerror}")
-            continue
-        with handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                problems.add(
-                    f"{path}:1",
-                    f"missing column(s) {', '.join(missing)} (header {reader.fieldnames})",
-                )
+        for origin, row in _csv_rows(path, problems):
+            try:
+                body = _as_id(row["body"])
+                doc = {
+                    "synapse_id": _as_id(row["syn_id"]),
+                    "x": _as_float(row["x"]) * vx,
+                    "y": _as_float(row["y"]) * vy,
+                    "z": _as_float(row["z"]) * vz,
+                    "skeleton_id": body,
+                }
+                if row.get("conf") not in (None, ""):
+                    doc["confidence"] = _as_float(row["conf"])
+            except ValueError as error:
+                problems.add(origin, str(error))
                 continue
-            for row in reader:
-                origin = f"{path}:{reader.line_num}"
-                try:
-                    body = _as_id(row["body"])
-                    doc = {
-                        "synapse_id": _as_id(row["syn_id"]),
-                        "x": _as_float(row["x"]) * vx,
-                        "y": _as_float(row["y"]) * vy,
-                        "z": _as_float(row["z"]) * vz,
-                        "skeleton_id": body,
-                    }
-                    if row.get("conf") not in (None, ""):
-                        doc["confidence"] = _as_float(row["conf"])
-                except ValueError as error:
-                    problems.add(origin, str(error))
-                    continue
-                data.add(SYNAPSES, doc, origin)
-                if body not in bodies:
-                    bodies[body] = (transmitter, origin)
-                    data.add(
-                        SKELETONS,
-                        {"skeleton_id": body, "nt_known": [transmitter] if transmitter else []},
-                        origin,
-                    )
-                elif bodies[body][0] != transmitter:
-                    problems.add(
-                        origin,
-                        f"body {body} has transmitter {transmitter!r} here but "
-                        f"{bodies[body][0]!r} at {bodies[body][1]}",
-                    )
+            data.add(SYNAPSES, doc, origin)
+            if body not in bodies:
+                bodies[body] = (transmitter, origin)
+                data.add(
+                    SKELETONS,
+                    {"skeleton_id": body, "nt_known": [transmitter] if transmitter else []},
+                    origin,
+                )
+            elif bodies[body][0] != transmitter:
+                problems.add(
+                    origin,
+                    f"body {body} has transmitter {transmitter!r} here but "
+                    f"{bodies[body][0]!r} at {bodies[body][1]}",
+                )
     problems.raise_if_any("import")
     return data
 
