@@ -7,11 +7,12 @@ Set CONNECTO_TEST_MONGO_URI to run the suite against a real MongoDB instead.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -90,6 +91,27 @@ def run_connecto(
 @pytest.fixture
 def connecto():
     return run_connecto
+
+
+def sigkill_when_ready(
+    process: subprocess.Popen, ready: Callable[[psutil.Process], bool], what: str
+) -> list[psutil.Process]:
+    """Wait (at most 120 s) until `ready(parent)`, SIGKILL the parent alone and return the
+    children it had then; `what` names the command in the failure messages."""
+    try:
+        parent = psutil.Process(process.pid)
+        deadline = time.monotonic() + 120
+        while not ready(parent):
+            assert process.poll() is None, f"{what} stopped on its own"
+            assert time.monotonic() < deadline, f"{what} made no progress"
+            time.sleep(0.05)
+        children = parent.children(recursive=True)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return children
 
 
 def survivors(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:

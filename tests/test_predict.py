@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from pymongo import MongoClient
@@ -26,7 +25,7 @@ from connecto.experiment import PredictSetup, TrainSetup, prepare_prediction, pr
 from connecto.locks import setup_lock
 from connecto.models.vgg3d import build_vgg3d
 from connecto.predict import predict, run_prediction
-from tests.conftest import CONNECTO, survivors
+from tests.conftest import CONNECTO, sigkill_when_ready, survivors
 
 CLASSES = ["gaba", "acetylcholine", "glutamate"]
 PARTS = {0: "train", 1: "validation", 2: "test"}
@@ -185,19 +184,9 @@ def test_sigkill_stops_both_workers_and_the_run_reads_interrupted(
         env={**os.environ, "CONNECTO_TRACKING_DB": env.tracking_db},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    try:
-        parent = psutil.Process(process.pid)
-        deadline = time.monotonic() + 120
-        while collection.estimated_document_count() == 0:
-            assert process.poll() is None, "the prediction stopped on its own"
-            assert time.monotonic() < deadline, "no prediction was written"
-            time.sleep(0.01)
-        children = parent.children(recursive=True)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
+    children = sigkill_when_ready(
+        process, lambda _: collection.estimated_document_count() > 0, "the prediction"
+    )
     alive = survivors(children, timeout_s=5)
     assert not alive, f"{len(alive)} of {len(children)} processes outlived the parent"
     written = collection.count_documents({})

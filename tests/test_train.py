@@ -14,7 +14,6 @@ from pathlib import Path
 
 import gunpowder as gp
 import numpy as np
-import psutil
 import pytest
 import tomli_w
 import torch
@@ -31,7 +30,7 @@ from connecto.experiment import TrainSetup, prepare_training
 from connecto.pipelines.synapse import LABEL, RAW, batch_request, data_pipeline
 from connecto.splits import make_split
 from connecto.train import train
-from tests.conftest import CONNECTO, run_connecto, survivors
+from tests.conftest import CONNECTO, run_connecto, sigkill_when_ready, survivors
 
 CLASSES = ["gaba", "acetylcholine", "glutamate"]
 INPUT_SHAPE = (8, 32, 32)
@@ -186,22 +185,14 @@ def test_sigkill_takes_the_cache_workers_along_and_the_run_reads_interrupted(
         [*CONNECTO, "train", "100000"], cwd=setup.path, env=dict(os.environ),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    try:
-        parent = psutil.Process(process.pid)
-        deadline = time.monotonic() + 120
-        while (
-            run_document(mongo_client, tracking_db, setup).get("iteration", 0) < 2
-            or len(parent.children(recursive=True)) < 3  # the watchdog and two workers
-        ):
-            assert process.poll() is None, "training stopped on its own"
-            assert time.monotonic() < deadline, "training made no progress"
-            time.sleep(0.2)
-        children = parent.children(recursive=True)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
+    children = sigkill_when_ready(
+        process,
+        lambda parent: (
+            run_document(mongo_client, tracking_db, setup).get("iteration", 0) >= 2
+            and len(parent.children(recursive=True)) >= 3
+        ),  # the watchdog and two workers
+        "training",
+    )
     alive = survivors(children, timeout_s=5)
     assert not alive, f"{len(alive)} of {len(children)} worker processes outlived the parent"
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connecto import ConnectoError
-from connecto.processes import pid_alive as _pid_alive  # connecto.launch.local imports it here
+from connecto.processes import pid_alive
 
 START_TIMEOUT_S = 30.0
 
@@ -94,7 +94,7 @@ class LocalServer:
             state = ServerState(**json.loads(self.state_file.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-        if _pid_alive(state.pid) and _port_open(state.port):
+        if pid_alive(state.pid) and _port_open(state.port):
             return state
         return None
 
@@ -140,7 +140,7 @@ class LocalServer:
                 return False
             os.kill(state.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout_s
-            while _pid_alive(state.pid):
+            while pid_alive(state.pid):
                 if time.monotonic() > deadline:
                     os.kill(state.pid, signal.SIGKILL)
                     break

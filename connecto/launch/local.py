@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from connecto import ConnectoError
-from connecto.db.server import _pid_alive as pid_alive
 from connecto.launch.base import (
     Resources,
     Status,
@@ -22,6 +21,7 @@ from connecto.launch.base import (
     read_exit_file,
     write_env_file,
 )
+from connecto.processes import pid_alive
 
 
 def connecto_argv() -> list[str]:
