@@ -33,6 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import tomli_w
+import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import prepare_ds
 from volara.blockwise import AffAgglom, ExtractFrags, GraphMWS
@@ -153,7 +154,7 @@ def run_volara(work: Path, truth: np.ndarray) -> tuple[float, float, Segmentatio
                            roi=roi, num_workers=1)  # fmt: skip
             run_task(mws, f"volara graph mws {t}")
     elapsed = time.perf_counter() - start
-    fragments_data = np.asarray(__import__("zarr").open(str(frags.store), mode="r")[:])
+    fragments_data = np.asarray(zarr.open(str(frags.store), mode="r")[:])
     threshold, scores = best(
         {t: apply_lut(fragments_data, lut.load()) for t, lut in luts.items()}, truth
     )
