@@ -111,7 +111,7 @@ def run_connecto(
     scores = read_edge_scores(graph, config.merge_function)
     tables = {t: lookup_table(scores, t) for t in THRESHOLDS}
     elapsed = time.perf_counter() - start
-    frags = np.asarray(__import__("zarr").open(str(work / "out.zarr" / "fragments"), mode="r")[:])
+    frags = np.asarray(zarr.open(str(work / "out.zarr" / "fragments"), mode="r")[:])
     threshold, scores = best({t: apply_lut(frags, lut) for t, lut in tables.items()}, truth)
     return elapsed, threshold, scores
 
