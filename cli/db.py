@@ -10,6 +10,7 @@ from rich.table import Table
 
 from connecto.db.admin import describe_server
 from connecto.db.client import connect, get_database, resolve_uri
+from connecto.db.import_journal import recover_imports
 from connecto.db.schema import init_database
 from connecto.db.server import LocalServer
 from connecto.db.synapses import (
@@ -139,6 +140,7 @@ def import_csv_command(
 def stats_command(db: str = DB_OPTION) -> None:
     """Synapse and skeleton counts per transmitter, per split and part, per brain region."""
     stats = synapse_stats(get_database(db))
+    _report_recovery(stats["rolled_back"], stats["unfinished"])
     typer.echo(
         f"database {db}: {stats['synapses']} synapses, {stats['skeletons']} skeletons, "
         f"{stats['hemilineages']} hemilineages"
@@ -166,6 +168,31 @@ def stats_command(db: str = DB_OPTION) -> None:
         for name, count in stats["brain_regions"].items():
             table.add_row(name, str(count))
         console.print(table)
+
+
+def _report_recovery(rolled_back: list[str], unfinished: list[str]) -> None:
+    for what in rolled_back:
+        typer.echo(f"rolled back an import that was cut short: {what}", err=True)
+    for what in unfinished:
+        typer.echo(
+            f"warning: an import is unfinished and its process may still run: {what} "
+            "(`connecto db recover --force` rolls it back)",
+            err=True,
+        )
+
+
+@app.command("recover")
+def recover_command(
+    db: str = DB_OPTION,
+    force: bool = typer.Option(
+        False, "--force", help="Also roll back imports whose process may still run elsewhere."
+    ),
+) -> None:
+    """Roll back imports cut short by a dead server, a full disk or a killed process."""
+    rolled_back, unfinished = recover_imports(get_database(db), force=force)
+    _report_recovery(rolled_back, unfinished)
+    if not rolled_back and not unfinished:
+        typer.echo(f"database {db}: no unfinished imports")
 
 
 @app.command("export")

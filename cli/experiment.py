@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from connecto.db.client import tracking_database
-from connecto.db.tracking import list_runs, register_train_setup
+from connecto.db.tracking import list_runs
 from connecto.experiment import TrainSetup, prepare_prediction, prepare_training, template_names
 
 console = Console()
@@ -34,13 +34,9 @@ def prepare_training_command(
     force: bool = typer.Option(False, "--force", help="overwrite the configs of an existing setup"),
 ) -> None:
     """Create <base>/<experiment>/02_train/setup_t<ID>/ with train and worker configs."""
-    setup, train, worker = prepare_training(
-        base, experiment, train_id, task, template, overrides, force
+    setup, _, _ = prepare_training(
+        base, experiment, train_id, task, template, overrides, force, tracking=tracking_database
     )
-    register_train_setup(
-        tracking_database(), str(setup.path), str(setup.base), experiment, train_id,
-        train.model_dump(mode="json"), worker.model_dump(mode="json"),
-    )  # fmt: skip
     typer.echo(f"prepared {setup.path}")
     typer.echo(
         f"  edit train_config.toml and worker_config.toml, then: "

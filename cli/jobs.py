@@ -13,6 +13,7 @@ from rich.table import Table
 from connecto.config import WorkerConfig, load_config
 from connecto.db.client import tracking_database
 from connecto.launch.jobs import (
+    STALE,
     cancel_jobs,
     describe_state,
     exit_code_of,
@@ -20,6 +21,7 @@ from connecto.launch.jobs import (
     list_jobs,
     log_tail,
     refresh_jobs,
+    stale_warnings,
     wait_for_jobs,
 )
 from connecto.launch.submit import submit_command
@@ -47,6 +49,25 @@ def report_jobs(jobs: list[dict[str, Any]], waited: bool, tail: int = 20) -> Non
         raise typer.Exit(exit_code_of(jobs))
 
 
+def warn_stale(jobs: list[dict[str, Any]]) -> None:
+    """A line on stderr for each scheduler that could not be reached."""
+    for line in stale_warnings(jobs):
+        typer.echo(f"connecto: {line}", err=True)
+
+
+def state_text(job: dict[str, Any]) -> str:
+    """The state; unknown (with the last known one) when the scheduler could not tell."""
+    return describe_state(job) if job.get(STALE) else job["state"]
+
+
+def path_text(path: str | None, pending: bool = False) -> str:
+    """A job's file, said to be missing when it is not there (a pending job's log is not
+    written yet; any other missing file is gone)."""
+    if not path or Path(path).exists():
+        return str(path)
+    return f"{path} ({'not written yet' if pending else 'gone'})"
+
+
 def list_command(
     state: list[str] = typer.Option([], "--state", help="only jobs in these states"),
     setup: Path | None = typer.Option(None, "--setup", help="only jobs of this setup directory"),
@@ -61,10 +82,11 @@ def list_command(
     for job in jobs:
         table.add_row(
             job["_id"], job["name"], job["scheduler"], str(job["job_id"]), job["launcher"],
-            job["state"], "" if job.get("exit_code") is None else str(job["exit_code"]),
+            state_text(job), "" if job.get("exit_code") is None else str(job["exit_code"]),
             job["submitted"].strftime("%Y-%m-%d %H:%M:%S"),
         )  # fmt: skip
     console.print(table)
+    warn_stale(jobs)
     for job in jobs:
         if job["state"] == "failed" and tail:
             console.print(f"[red]{job['_id']} {job['name']}: {describe_state(job)}[/red]")
@@ -81,8 +103,14 @@ def show_command(
     for key in ("_id", "name", "kind", "state", "exit_code", "reason", "scheduler", "job_id",
                 "launcher", "image", "image_digest", "setup_dir", "log_path", "script_path",
                 "submitted", "started", "finished", "host", "user"):  # fmt: skip
-        typer.echo(f"{key:>13}: {job.get(key)}")
+        value = job.get(key)
+        if key == "state":
+            value = state_text(job)
+        elif key in ("log_path", "script_path"):
+            value = path_text(value, key == "log_path" and job["state"] == "pending")
+        typer.echo(f"{key:>13}: {value}")
     typer.echo(f"{'command':>13}: {' '.join(job['command'])}")
+    warn_stale([job])
     typer.echo(f"--- last lines of {job['log_path']}:")
     typer.echo(log_tail(job["log_path"], tail))
 

@@ -81,7 +81,13 @@ def main() -> None:
         if hasattr(error, "show") and hasattr(error, "exit_code"):
             error.show()
             sys.exit(error.exit_code)
-        raise
+        from connecto.db.client import server_failure
+
+        message = server_failure(error)
+        if message is None:
+            raise
+        typer.echo(f"connecto: error: {message}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@
 from __future__ import annotations
 
 import re
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from pymongo.database import Database
 
 from connecto import ConnectoError
 from connecto.config import (
@@ -29,6 +32,7 @@ from connecto.config import (
     validate,
     write_config,
 )
+from connecto.db.tracking import register_train_setup
 from connecto.names import check_name
 from connecto.resources import resource_dir
 
@@ -192,8 +196,14 @@ def prepare_training(
     template: str | None = None,
     overrides: list[str] | None = None,
     force: bool = False,
+    tracking: Callable[[], Database] | None = None,
 ) -> tuple[TrainSetup, BaseModel, WorkerConfig]:
-    """Create a train setup from a template; returns (setup, train config, worker config)."""
+    """Create a train setup from a template; returns (setup, train config, worker config).
+
+    With `tracking` (how to reach the tracking database), the setup is registered there as
+    a `prepared` run. Every check, the database's included, comes before anything is
+    written, and a failed write or registration takes back what was written: a refusal
+    leaves no setup directory, and --force keeps the old configs."""
     setup = TrainSetup(base.resolve(), experiment, train_id)
     if setup.path.exists() and any(setup.path.iterdir()) and not force:
         raise ConnectoError(f"{setup.path} already exists; use --force to overwrite its configs")
@@ -211,10 +221,54 @@ def prepare_training(
     source = f"template {name} with --set"
     train = validate(train_config_model(train_values, source), train_values, source)
     worker = validate(WorkerConfig, worker_values, f"{source} (worker)")
-    setup.path.mkdir(parents=True, exist_ok=True)
-    write_config(setup.path / "train_config.toml", train)
-    write_config(setup.path / "worker_config.toml", worker)
+    database = tracking() if tracking is not None else None  # reachable, or nothing written
+    with _undo_on_failure(setup.path, ["train_config.toml", "worker_config.toml"]):
+        write_config(setup.path / "train_config.toml", train)
+        write_config(setup.path / "worker_config.toml", worker)
+        if database is not None:
+            register_train_setup(
+                database, str(setup.path), str(setup.base), experiment, train_id,
+                train.model_dump(mode="json"), worker.model_dump(mode="json"),
+            )  # fmt: skip
     return setup, train, worker
+
+
+class _undo_on_failure:
+    """Create `directory` (and its missing parents) for writing `files` in it; if the
+    block fails, put back the files as they were and remove the directories it created."""
+
+    def __init__(self, directory: Path, files: Sequence[str]) -> None:
+        self.directory = directory
+        self.files = [directory / name for name in files]
+
+    def __enter__(self) -> None:
+        self.created = _missing_directories(self.directory)
+        self.saved = {p: p.read_bytes() if p.is_file() else None for p in self.files}
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            return
+        for path, content in self.saved.items():
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(content)
+        _remove_created(self.created)
+
+
+def _missing_directories(directory: Path) -> list[Path]:
+    """`directory` and those of its parents that do not exist, deepest first."""
+    return [p for p in (directory, *directory.parents) if not p.exists()]
+
+
+def _remove_created(directories: list[Path]) -> None:
+    """Remove directories made here, deepest first, while nothing else came into them."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            break
 
 
 def next_predict_id(train: TrainSetup) -> int:
@@ -225,10 +279,20 @@ def next_predict_id(train: TrainSetup) -> int:
     return max(used, default=-1) + 1
 
 
+PredictionCheck = Callable[[list[tuple[PredictSetup, SynapsePredictConfig]]], Any]
+
+
 def prepare_prediction(
-    train: TrainSetup, iterations: list[int], split_part: str = "test", overwrite: bool = False
+    train: TrainSetup,
+    iterations: list[int],
+    split_part: str = "test",
+    overwrite: bool = False,
+    check: PredictionCheck | None = None,
 ) -> list[tuple[PredictSetup, SynapsePredictConfig]]:
-    """One predict setup per iteration, pointing at `model_checkpoint_<it>`."""
+    """One predict setup per iteration, pointing at `model_checkpoint_<it>`. `check` sees
+    the planned (setup, config) pairs before anything is created and refuses by raising;
+    then nothing is created, and a failure while writing takes back every setup of the
+    call."""
     train_config = train.train_config()
     if not isinstance(train_config, SynapseTrainConfig):
         raise ConnectoError(
@@ -238,24 +302,43 @@ def prepare_prediction(
     model_keys = set(SynapsePredictConfig.model_fields) & set(SynapseTrainConfig.model_fields)
     shared = train_config.model_dump(include=model_keys)
     worker = train.worker_config()
-    created = []
-    for iteration in iterations:
-        predict_id = next_predict_id(train)
-        setup = train.predict_setup(predict_id)
+    first = next_predict_id(train)
+    planned = []
+    for offset, iteration in enumerate(iterations):
+        setup = train.predict_setup(first + offset)
         config = SynapsePredictConfig(
             **shared,
             train_checkpoint=str(train.checkpoint(iteration)),
             experiment=train.experiment,
             train_number=train.train_id,
-            predict_number=predict_id,
+            predict_number=setup.predict_id,
             split_part=split_part,  # type: ignore[arg-type]
             overwrite=overwrite,
         )
-        setup.path.mkdir(parents=True)
-        write_config(setup.path / "predict_config.toml", config)
-        write_config(setup.path / "worker_config.toml", worker)
-        created.append((setup, config))
-    return created
+        planned.append((setup, config))
+    if check is not None:
+        check(planned)
+    root = train.base / train.experiment / PREDICT_DIR
+    root_created = _missing_directories(root)
+    made: list[Path] = []
+    try:
+        for setup, config in planned:
+            try:
+                setup.path.mkdir(parents=True)
+            except FileExistsError:
+                raise ConnectoError(
+                    f"{setup.path} appeared meanwhile (another prepare-prediction or predict "
+                    "in this experiment?); run again"
+                ) from None
+            made.append(setup.path)
+            write_config(setup.path / "predict_config.toml", config)
+            write_config(setup.path / "worker_config.toml", worker)
+    except BaseException:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        _remove_created(root_created)
+        raise
+    return planned
 
 
 def tree(path: Path, max_depth: int = 4) -> list[str]:

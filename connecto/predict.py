@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from connecto import ConnectoError
+from connecto.checkpoints import read_checkpoint
 from connecto.config import SynapsePredictConfig
 from connecto.db.client import connect, get_database, resolve_uri, tracking_database
 from connecto.db.predictions import (
@@ -102,13 +103,14 @@ def predict_setups_for(
             f"available: {available or 'none'}"
         )
     existing = {it: _matching_setup(train, it, split_part) for it in chosen}
-    refuse_complete([s for s in existing.values() if s is not None], overwrite)
-    setups = []
-    for iteration, setup in existing.items():
-        if setup is None:
-            [(setup, _)] = prepare_prediction(train, [iteration], split_part)
-        setups.append(setup)
-    return setups
+    reused = [(s, s.predict_config()) for s in existing.values() if s is not None]
+    new = [it for it, setup in existing.items() if setup is None]
+    # the new setups are checked with the reused ones, before any of them is created
+    created = prepare_prediction(
+        train, new, split_part, check=lambda planned: refuse(reused + planned, overwrite)
+    )
+    made = iter(setup for setup, _ in created)
+    return [setup if setup is not None else next(made) for setup in existing.values()]
 
 
 def predict(
@@ -186,24 +188,40 @@ def check_run_options(workers: int, batch_size: int | None) -> None:
 
 
 def refuse_complete(setups: Sequence[PredictSetup], overwrite: bool) -> None:
-    """Before predicting anything: refuse if any setup's collection is already complete
-    (and neither --overwrite nor its config allows replacing it), or if another setup owns
-    its collection."""
+    refuse([(setup, setup.predict_config()) for setup in setups], overwrite)
+
+
+def refuse(setups: Sequence[tuple[PredictSetup, SynapsePredictConfig]], overwrite: bool) -> None:
+    """Before predicting (or creating a predict setup): refuse if a checkpoint is damaged,
+    if the database does not answer, if another setup owns a setup's collection, if the
+    split part has no synapses, or if a collection is already complete (and neither
+    --overwrite nor its config allows replacing it)."""
     complete = []
-    for setup in setups:
-        config = setup.predict_config()
+    for setup, config in setups:
+        if Path(config.train_checkpoint).is_file():  # an absent one is named by the caller
+            read_checkpoint(config.train_checkpoint)  # damaged: refused before any write
         refuse_foreign_collection(tracking_database(), setup.path, config)
+        synapses = split_synapses(config)
+        if not synapses:
+            raise no_synapses(config)
         if overwrite or config.overwrite:
             continue
         database, name = prediction_target(config)
-        expected = [s["synapse_id"] for s in split_synapses(config)]
-        if expected and collection_state(get_database(database)[name], expected) == "complete":
+        expected = [s["synapse_id"] for s in synapses]
+        if collection_state(get_database(database)[name], expected) == "complete":
             complete.append(f"{database}.{name} (iteration {config.iteration})")
     if complete:
         raise ConnectoError(
             f"{', '.join(complete)} already holds predictions for all synapses; "
             "use --overwrite to predict again"
         )
+
+
+def no_synapses(config: SynapsePredictConfig) -> ConnectoError:
+    return ConnectoError(
+        f"split {config.split_name!r} has no {config.split_part} synapses of the classes "
+        f"{config.synapse_types} in database {config.db_name_data!r}"
+    )
 
 
 def run_prediction(
@@ -230,10 +248,7 @@ def _run_prediction(
     batch = batch_size or config.batch_size
     synapses = split_synapses(config)
     if not synapses:
-        raise ConnectoError(
-            f"split {config.split_name!r} has no {config.split_part} synapses of the classes "
-            f"{config.synapse_types} in database {config.db_name_data!r}"
-        )
+        raise no_synapses(config)
     database, name = prediction_target(config)
     tracking = tracking_database()
     refuse_foreign_collection(tracking, setup.path, config)  # before it is touched

@@ -11,29 +11,35 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import multiprocessing
 import multiprocessing.util
 import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int | None = None) -> None:
     """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
 
     Call it first thing in a worker. The signal comes when the parent *thread* that started
     the worker ends, so start workers from a thread that lives as long as they should.
+    `parent_pid`, the pid of the process that started this one, tells a parent that died
+    before the call from a live one (a multiprocessing child knows its parent without it).
     """
     if not sys.platform.startswith("linux"):
         return
     parent = multiprocessing.parent_process()
-    expected = parent.pid if parent is not None else os.getppid()
+    if parent_pid is not None:
+        expected = parent_pid
+    else:
+        expected = parent.pid if parent is not None else os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return
@@ -67,6 +73,70 @@ def children_die_with_parent() -> Iterator[None]:
         yield
     finally:
         _forked_children_die = previous
+
+
+class _ParentWatch:
+    """Unpickled in a worker process, asks the kernel to kill it with `parent_pid`.
+
+    A spawned worker (daisy's `python -m daisy._subprocess_worker`) runs no code of ours
+    until it has unpickled its function, which imports everything the function needs
+    (seconds); pickled ahead of that function, this runs first, before those imports."""
+
+    def __init__(self, parent_pid: int) -> None:
+        self.parent_pid = parent_pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_watch_parent, (self.parent_pid,))
+
+
+def _watch_parent(parent_pid: int) -> _ParentWatch:
+    if os.getpid() != parent_pid:  # not a copy made in the parent itself
+        die_with_parent(parent_pid)
+    return _ParentWatch(parent_pid)
+
+
+class _DiesWithParent:
+    """A worker function (no arguments) whose process dies with the one that made it."""
+
+    def __init__(self, function: Callable[..., Any], watch: _ParentWatch | None = None) -> None:
+        self.watch = watch or _ParentWatch(os.getpid())
+        self.function = function
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.watch, self.function))  # the watch unpickles first
+
+    def _call(self, *args: Any) -> Any:
+        _watch_parent(self.watch.parent_pid)  # in case it was not unpickled (a fork)
+        with children_die_with_parent():
+            return self.function(*args)
+
+    def __call__(self) -> Any:
+        return self._call()
+
+
+class _BlockDiesWithParent(_DiesWithParent):
+    """A block function (one argument) whose process dies with the one that made it."""
+
+    def __call__(self, block: Any) -> Any:  # type: ignore[override]
+        return self._call(block)
+
+
+def _rebuild(
+    cls: type[_DiesWithParent], watch: _ParentWatch, function: Callable[..., Any]
+) -> _DiesWithParent:
+    return cls(function, watch)
+
+
+def worker_dies_with_parent(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` for a worker process started by this one (daisy's blockwise workers):
+    the worker dies with this process, as do the children it forks. Its arity (a worker
+    function takes no argument, a block function one) is kept: daisy dispatches on it."""
+    try:
+        arguments = [a for a in inspect.getfullargspec(function).args if a != "self"]
+    except TypeError:
+        arguments = []
+    wrapper = _BlockDiesWithParent if arguments else _DiesWithParent
+    return wrapper(function)
 
 
 # ---------------------------------------------------------------- is it still there?

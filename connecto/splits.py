@@ -20,12 +20,12 @@ from pymongo.database import Database
 from tqdm import tqdm
 
 from connecto import ConnectoError
+from connecto.db.client import retry_write
 from connecto.db.synapses import (
     PARTS,
     SKELETONS,
     SYNAPSES,
     class_of_skeletons,
-    retry_write,
 )
 from connecto.names import check_name
 

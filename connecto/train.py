@@ -4,8 +4,11 @@ Every task trains the same way: gunpowder's torch `Train` node at the end of the
 pipeline, checkpoints `model_checkpoint_<it>` ({model_state_dict, optimizer_state_dict,
 iteration}) every `save_every` and at the end, tensorboard scalars in `log/`, snapshots
 every `snapshot_every` in `snapshots/batch_<it>.zarr`, the run tracked in MongoDB
-`runs`. A rerun continues from the latest checkpoint; SIGINT/SIGTERM stop after the
-current iteration with a checkpoint.
+`runs`. A rerun continues from the latest checkpoint, read and checked by the driver
+before anything is built (a damaged one is an error naming it); the optimizer keeps the
+config's learning rate, so a changed `learning_rate` applies on resuming. SIGINT/SIGTERM
+stop after the current iteration with a checkpoint. A loss that becomes NaN or infinite
+stops the training with an error and no checkpoint of the broken weights.
 
 Tasks plug in through `TASKS`: the task name (`task` in train_config) maps to a
 function `(config, worker_config, source) -> TaskParts`, given as "module:function" so
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import signal
 import time
@@ -37,6 +41,7 @@ import zarr
 from tqdm import tqdm
 
 from connecto import ConnectoError
+from connecto.checkpoints import load_optimizer, load_weights, read_checkpoint
 from connecto.db.tracking import git_commit, now, upsert_run
 from connecto.experiment import TrainSetup
 from connecto.locks import setup_lock
@@ -96,6 +101,58 @@ def cpu_threads(worker: Any) -> int:
 
 
 # ---------------------------------------------------------------- checkpoints
+
+
+class Diverged(ConnectoError):
+    """The loss or the weights became NaN or infinite."""
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    return all(
+        bool(torch.isfinite(tensor).all())
+        for tensor in model.state_dict().values()
+        if tensor.is_floating_point()
+    )
+
+
+def resume_state(setup: TrainSetup, iteration: int) -> dict[str, Any]:
+    """The checkpoint of `iteration`, checked (see `connecto.checkpoints`); the error
+    says which earlier checkpoint deleting it would resume from."""
+    earlier = [it for it in setup.checkpoints() if it < iteration]
+    advice = (
+        f"delete it to resume from {setup.checkpoint(earlier[-1]).name}"
+        if earlier
+        else "delete it to train from scratch"
+    )
+    return read_checkpoint(setup.checkpoint(iteration), "cpu", advice, optimizer=True)
+
+
+def resume(setup: TrainSetup, iteration: int, parts: TaskParts) -> None:
+    """Load the checkpoint of `iteration` into the task's model and optimizer (on the
+    CPU; `ResumedTrain.start` moves the optimizer state along with the model)."""
+    path = setup.checkpoint(iteration)
+    state = resume_state(setup, iteration)
+    advice = "restore the train_config it was trained with, or move the checkpoints away"
+    load_weights(parts.model, state, path, "the model settings of train_config", advice)
+    load_optimizer(parts.optimizer, state, path, advice)
+
+
+class ResumedTrain(gp.torch.Train):
+    """gunpowder's torch `Train` node, starting at the iteration the driver resumed
+    from: gunpowder would load the latest `<checkpoint_basename>_checkpoint_*` itself,
+    unchecked, and with the learning rate saved in it rather than the config's."""
+
+    def __init__(self, *args: Any, iteration: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_iteration = iteration
+
+    def _get_latest_checkpoint(self, basename: str) -> tuple[None, int]:
+        return None, self.resume_iteration
+
+    def start(self) -> None:
+        super().start()  # moves the model to the device
+        # the optimizer state loaded on the CPU follows its parameters to the device
+        self.optimizer.load_state_dict(self.optimizer.state_dict())
 
 
 def save_checkpoint(
@@ -219,6 +276,8 @@ def _train(setup: TrainSetup, iterations: int, progress: bool, device: str | Non
         return TrainResult(done, done, "finished", None)
     _seed(config.seed, done)
     parts = task_parts(config, worker, source)  # all checks, before anything is written
+    if done:
+        resume(setup, done, parts)
     logging.getLogger("gunpowder").setLevel(logging.WARNING)  # per-iteration INFO lines
     device = device or training_device()
     if device == "cpu":
@@ -235,8 +294,8 @@ def _train(setup: TrainSetup, iterations: int, progress: bool, device: str | Non
         "git_commit": git_commit(), "started": now(), "error": None, **process_record(),
     })  # fmt: skip
 
-    train_node = gp.torch.Train(
-        model=parts.model, loss=parts.loss, optimizer=parts.optimizer,
+    train_node = ResumedTrain(
+        iteration=done, model=parts.model, loss=parts.loss, optimizer=parts.optimizer,
         inputs=parts.inputs, outputs=parts.outputs, loss_inputs=parts.loss_inputs,
         array_specs=parts.array_specs,
         checkpoint_basename=str(setup.path / CHECKPOINT_BASENAME),
@@ -250,20 +309,31 @@ def _train(setup: TrainSetup, iterations: int, progress: bool, device: str | Non
     iteration, last_loss, saved = done, None, done
     stop = StopRequest()
 
+    def diverged(what: str) -> Diverged:
+        rate = train_node.optimizer.param_groups[0]["lr"]
+        previous = setup.checkpoint(saved).name if saved else "scratch"
+        return Diverged(
+            f"training diverged: {what} at iteration {iteration} (no checkpoint of these "
+            f"weights written); lower learning_rate (now {rate:g}) in the train config and "
+            f"rerun to resume from {previous}"
+        )
+
     def checkpoint() -> None:
         nonlocal saved
         if iteration > saved:
+            if not finite_weights(train_node.model):
+                raise diverged("the weights became NaN or infinite")
             save_checkpoint(setup, iteration, train_node.model, train_node.optimizer)
             saved = iteration
 
+    bar = tqdm(
+        total=iterations, initial=done, desc="train", unit="it", disable=not progress,
+        dynamic_ncols=True,
+    )  # fmt: skip
     try:
         with stop.installed(), children_die_with_parent(), gp.build(pipeline):
-            iteration = saved = train_node.iteration  # gunpowder resumed from the checkpoint
+            iteration = saved = train_node.iteration  # = done: resumed by the driver
             window = Window()
-            bar = tqdm(
-                total=iterations, initial=iteration, desc="train", unit="it",
-                disable=not progress, dynamic_ncols=True,
-            )  # fmt: skip
             while iteration < iterations and not stop.requested:
                 try:
                     batch = pipeline.request_batch(parts.request)
@@ -273,6 +343,8 @@ def _train(setup: TrainSetup, iterations: int, progress: bool, device: str | Non
                     raise
                 iteration = batch.iteration
                 last_loss = float(batch.loss)
+                if not math.isfinite(last_loss):
+                    raise diverged(f"the loss is {last_loss}")
                 values = {"loss": last_loss, **(parts.metrics(batch) if parts.metrics else {})}
                 window.add(values)
                 bar.update(1)
@@ -297,7 +369,8 @@ def _train(setup: TrainSetup, iterations: int, progress: bool, device: str | Non
     except BaseException as error:
         checkpoint_error = None
         try:
-            checkpoint()
+            if not isinstance(error, Diverged):  # the weights are broken: keep the last
+                checkpoint()
         except Exception as failure:  # keep the original error
             checkpoint_error = str(failure)
         interrupted = isinstance(error, KeyboardInterrupt)
@@ -308,6 +381,7 @@ def _train(setup: TrainSetup, iterations: int, progress: bool, device: str | Non
         })  # fmt: skip
         raise
     finally:
+        bar.close()  # its last line ends before an error message
         writer.close()
     state = "finished" if iteration >= iterations else "interrupted"
     upsert_run(db, run_dir, {
@@ -318,5 +392,7 @@ def _train(setup: TrainSetup, iterations: int, progress: bool, device: str | Non
 
 
 def _describe(error: BaseException) -> str:
+    if isinstance(error, ConnectoError):  # a message for the user, as the CLI prints it
+        return str(error)
     lines = traceback.format_exception_only(type(error), error)
     return "".join(lines).strip()

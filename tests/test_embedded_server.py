@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from connecto.db.client import connect
 from connecto.db.server import LocalServer
@@ -135,3 +140,106 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     checked = kills * 32
     print(f"kill -9 durability: {kills} kills, {checked} acknowledged writes checked, {lost} lost")
     assert lost == 0, f"{lost} of {checked} acknowledged writes lost over {kills} kills"
+
+
+# ---------------------------------------------------------------- a data directory unfit for use
+
+
+def _one_line_error(result, *needles: str) -> str:
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["a-file", "under-a-file"])
+def test_a_data_dir_that_is_a_file_is_one_line(connecto, tmp_path: Path, under: bool) -> None:
+    file = tmp_path / "not-a-dir"
+    file.write_text("a file, not a directory\n")
+    data_dir = file / "data" if under else file
+    env = {"CONNECTO_MONGO_URI": "", "CONNECTO_DATA_DIR": str(data_dir)}
+    for command in (("runs",), ("db", "up"), ("db", "down")):
+        line = _one_line_error(connecto(*command, env=env), str(data_dir), "not a directory")
+        assert "CONNECTO_DATA_DIR" in line
+
+
+@contextlib.contextmanager
+def _mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `where` (root in a sandbox that allows mounts), else a skip."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_read_only_data_dir_is_one_line(connecto, tmp_path: Path) -> None:
+    with _mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as read_only:
+        for data_dir in (read_only, read_only / "data"):  # existing, or to be made
+            env = {"CONNECTO_MONGO_URI": "", "CONNECTO_DATA_DIR": str(data_dir)}
+            _one_line_error(connecto("runs", env=env), str(data_dir), "read-only")
+            _one_line_error(connecto("db", "up", env=env), str(data_dir), "read-only")
+
+
+def _fill(disk: Path) -> Path:
+    """A file that takes all the free space on `disk`."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb", buffering=0) as file:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    file.write(b"\0" * size)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
+    return ballast
+
+
+def test_a_full_disk_is_one_line_and_the_server_recovers_once_space_is_free(
+    connecto, tmp_path: Path
+) -> None:
+    """A full data directory's disk: one line, whether the server is to start or is running
+    (WiredTiger then panics, and fails every command until restarted); with space again,
+    the next command restarts it, and the data written before is there."""
+    with _mounted_tmpfs(tmp_path / "disk", "size=32m") as disk:
+        data_dir = disk / "data"
+        env = {"CONNECTO_MONGO_URI": "", "CONNECTO_DATA_DIR": str(data_dir)}
+        try:
+            ballast = _fill(disk)
+            for command in (("db", "up"), ("runs",)):
+                _one_line_error(connecto(*command, env=env), "disk is full", str(data_dir))
+            ballast.unlink()
+
+            up = connecto("db", "up", env=env)
+            assert up.returncode == 0, up.stderr
+            with MongoClient(_uri_of(up.stdout), serverSelectionTimeoutMS=5000) as client:
+                client.keep.things.insert_one({"name": "kept"})
+                ballast = _fill(disk)
+                for command in (("db", "status"), ("runs",)):  # it runs, its writes fail
+                    _one_line_error(connecto(*command, env=env), "disk is full", str(data_dir))
+                with pytest.raises(PyMongoError):  # once its cache must be written out
+                    for _ in range(2000):
+                        client.keep.things.insert_many([{"pad": "x" * 10000} for _ in range(10)])
+                with pytest.raises(PyMongoError):  # WiredTiger panicked: nothing works
+                    client.keep.things.find_one({"name": "kept"})
+            for command in (("db", "status"), ("runs",)):
+                _one_line_error(connecto(*command, env=env), "disk is full", str(data_dir))
+
+            ballast.unlink()
+            status = connecto("db", "status", env=env)
+            assert status.returncode == 0, status.stderr
+            assert "keep" in status.stdout and "things" in status.stdout
+            state = LocalServer(data_dir).state()
+            assert state is not None
+            with MongoClient(state.uri, serverSelectionTimeoutMS=5000) as client:
+                assert client.keep.things.find_one({"name": "kept"}) is not None
+                client.keep.things.insert_one({"name": "after"})  # writes work again
+        finally:
+            connecto("db", "down", env=env)

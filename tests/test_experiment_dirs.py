@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pymongo import MongoClient
 
 from connecto import ConnectoError
 from connecto.config import SynapsePredictConfig, SynapseTrainConfig
+from connecto.db.client import tracking_database
 from connecto.experiment import TrainSetup, find_setup, prepare_prediction, prepare_training
 
 
@@ -167,3 +169,155 @@ def test_prepare_training_refuses_non_finite_floats(
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "key 'learning_rate'" in result.stderr and "finite" in result.stderr
     assert not (tmp_path / "exp").exists()
+
+
+# ---------------------------------------------------------------- refusals leave nothing
+
+
+def unreachable_mongo() -> dict[str, str]:
+    """Settings that point connecto at a port nothing listens on, with a short timeout."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return {
+        "CONNECTO_MONGO_URI": f"mongodb://127.0.0.1:{port}/",
+        "CONNECTO_MONGO_TIMEOUT_S": "0.5",
+    }
+
+
+def assert_one_line_refusal(result, *words: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_prepare_training_with_mongodb_down_writes_nothing(connecto, tmp_path: Path) -> None:
+    result = connecto(
+        "prepare-training", "-d", tmp_path, "-e", "exp", "-t", "0", env=unreachable_mongo()
+    )
+    assert_one_line_refusal(result, "does not answer")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_training_force_with_mongodb_down_keeps_the_configs(
+    connecto, tmp_path: Path, tracking_db: str
+) -> None:
+    setup, _, _ = prepare_training(tmp_path, "exp", 0, overrides=["batch_size=2"])
+    before = {p.name: p.read_bytes() for p in setup.path.iterdir()}
+    result = connecto(
+        "prepare-training", "-d", tmp_path, "-e", "exp", "-t", "0", "--set", "batch_size=4",
+        "--force", env=unreachable_mongo(),
+    )  # fmt: skip
+    assert_one_line_refusal(result, "does not answer")
+    assert {p.name: p.read_bytes() for p in setup.path.iterdir()} == before
+
+
+def test_prepare_training_registration_failure_removes_what_it_wrote(
+    tmp_path: Path, tracking_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database answers the check but fails the registration: the files go again."""
+    import connecto.experiment as experiment
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise ConnectoError("MongoDB went away")
+
+    monkeypatch.setattr(experiment, "register_train_setup", fail)
+    with pytest.raises(ConnectoError, match="went away"):
+        prepare_training(tmp_path, "exp", 0, tracking=tracking_database)
+    assert list(tmp_path.iterdir()) == []
+
+
+def train_setup_with_checkpoint(base: Path, data_db: str) -> TrainSetup:
+    """A synapse train setup with a checkpoint for iteration 10 that holds no weights:
+    the refusals below all come before a model is built."""
+    setup, _, _ = prepare_training(
+        base, "exp", 0,
+        overrides=[f"db_name_data={data_db}", "split_name=skeleton", "synapse_types=a,b"],
+    )  # fmt: skip
+    write_empty_checkpoint(setup.checkpoint(10))
+    return setup
+
+
+def write_empty_checkpoint(path: Path) -> None:
+    import torch
+
+    torch.save({"model_state_dict": {}, "iteration": 0}, path)
+
+
+def test_predict_with_mongodb_down_creates_no_setup(connecto, tmp_path: Path, db_name: str):
+    train = train_setup_with_checkpoint(tmp_path, db_name)
+    result = connecto(
+        "predict", "--split", "test", "-i", "10", cwd=train.path, env=unreachable_mongo()
+    )
+    assert_one_line_refusal(result, "does not answer")
+    assert not (tmp_path / "exp" / "03_predict").exists()
+
+
+def test_predict_without_the_split_creates_no_setup(
+    connecto, tmp_path: Path, db_name: str, tracking_db: str
+) -> None:
+    train = train_setup_with_checkpoint(tmp_path, db_name)
+    result = connecto("predict", "--split", "test", "-i", "10", cwd=train.path)
+    assert_one_line_refusal(result, "has no split 'skeleton'")
+    assert not (tmp_path / "exp" / "03_predict").exists()
+
+
+def test_predict_into_another_setups_collection_creates_no_setup(
+    connecto, tmp_path: Path, db_name: str, tracking_db: str, mongo_client: MongoClient
+) -> None:
+    train = train_setup_with_checkpoint(tmp_path, db_name)
+    other = "/elsewhere/exp/03_predict/setup_t0_p0"
+    mongo_client[tracking_db]["predictions"].insert_one({
+        "setup_dir": other, "predictions_db": f"{db_name}_predictions",
+        "collection": "skeleton_exp_t0_p0", "owner": {"setup": other, "checkpoint": "c"},
+    })  # fmt: skip
+    result = connecto("predict", "--split", "test", "-i", "10", cwd=train.path)
+    assert_one_line_refusal(result, f"belongs to predict setup {other}")
+    assert not (tmp_path / "exp" / "03_predict").exists()
+
+
+def test_predict_refused_for_a_later_iteration_creates_none(
+    tmp_path: Path, db_name: str, tracking_db: str
+) -> None:
+    """Several new setups are checked as a whole before the first is created."""
+    train = train_setup_with_checkpoint(tmp_path, db_name)
+    write_empty_checkpoint(train.checkpoint(20))
+    from connecto.predict import predict
+
+    with pytest.raises(ConnectoError, match="has no split 'skeleton'"):
+        predict(train.path, "test", [10, 20], progress=False)
+    assert train.predict_setups() == []
+    assert not (tmp_path / "exp" / "03_predict").exists()
+
+
+def test_prepare_prediction_failing_write_takes_back_every_setup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connecto.experiment as experiment
+
+    train, _, _ = prepare_training(tmp_path, "exp", 0)
+    write = experiment.write_config
+    writes: list[Path] = []
+
+    def write_then_fail(path: Path, config: object) -> None:
+        writes.append(path)
+        if len(writes) == 3:  # the second setup's predict config
+            raise ConnectoError("disk full")
+        write(path, config)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(experiment, "write_config", write_then_fail)
+    with pytest.raises(ConnectoError, match="disk full"):
+        prepare_prediction(train, [10, 20])
+    assert not (tmp_path / "exp" / "03_predict").exists()
+    refused: list[object] = []
+
+    def refuse(planned: list) -> None:
+        refused.extend(planned)
+        raise ConnectoError("no")
+
+    with pytest.raises(ConnectoError, match="no"):
+        prepare_prediction(train, [10, 20], check=refuse)
+    assert [setup.predict_id for setup, _ in refused] == [0, 1]  # type: ignore[attr-defined]
+    assert not (tmp_path / "exp" / "03_predict").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -374,4 +375,29 @@ def test_binary_csv_is_refused_without_traceback(
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{path}: not a CSV text table (not UTF-8 text)" in result.stderr
+    assert snapshot(small_db) == before
+
+
+@pytest.mark.parametrize(
+    ("synapse", "message"),
+    [
+        ({"$where": "1"}, "field name '$where': may not be empty, start with '$' or hold '.'"),
+        ({"a.b": 1}, "field name 'a.b': may not be empty, start with '$' or hold '.'"),
+        ({"meta": {"$gt": 1}}, "field name 'meta.$gt': may not be empty"),
+        ({"synapse_id": 8}, "synapse_id 8 differs from its key"),
+    ],
+)
+def test_synister_field_names_and_ids_are_checked(
+    small_db: Database, tmp_path: Path, synapse: dict, message: str
+) -> None:
+    """Operator-like or dotted field names are refused, not stored; a body's synapse_id must
+    agree with the key it is filed under."""
+    before = snapshot(small_db)
+    export = tmp_path / "export"
+    export.mkdir()
+    body = {"x": 1.0, "y": 2.0, "z": 3.0, "skeleton_id": 1, **synapse}
+    (export / "synapses.json").write_text(json.dumps({"7": body}))
+    with pytest.raises(ConnectoError) as error:
+        import_synister(small_db, export, progress=False)
+    assert f"{export / 'synapses.json'}: key '7': {message}" in str(error.value)
     assert snapshot(small_db) == before

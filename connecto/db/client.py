@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, PyMongoError
+from pymongo.errors import AutoReconnect, ConfigurationError, PyMongoError
 
 from connecto import ConnectoError
 from connecto.db.server import LocalServer
 from connecto.names import check_name
 from connecto.settings import Settings, load_settings, redact_uri, uri_from_credentials
+
+RETRIES = 3
 
 
 def resolve_uri(settings: Settings) -> str:
@@ -48,9 +53,28 @@ def connect(uri: str, timeout_s: float) -> MongoClient:
         client.admin.command("ping")
     except PyMongoError as error:
         client.close()
-        reason = str(error).split(",")[0].split(" (configured timeouts")[0]
-        raise ConnectoError(f"MongoDB at {redact_uri(uri)} does not answer: {reason}") from None
+        raise ConnectoError(
+            f"MongoDB at {redact_uri(uri)} does not answer: {brief_error(error)}"
+        ) from None
     return client
+
+
+def retry_write(operation: Callable[[], Any], attempts: int = RETRIES) -> Any:
+    """Run an idempotent write again when the connection drops (a busy server can miss the
+    client's heartbeat, and the client then cancels operations in flight)."""
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except AutoReconnect:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+    return None
+
+
+def brief_error(error: BaseException) -> str:
+    """A pymongo error without the topology description and timeouts it appends."""
+    return str(error).split(",")[0].split(" (configured timeouts")[0][:300]
 
 
 @lru_cache(maxsize=4)
@@ -73,3 +97,20 @@ def get_database(name: str, settings: Settings | None = None) -> Database:
 def tracking_database(settings: Settings | None = None) -> Database:
     settings = settings or load_settings()
     return get_database(settings.tracking_db, settings)
+
+
+def server_failure(error: BaseException) -> str | None:
+    """One line for a server that failed mid-command (stopped answering, or the embedded
+    one's disk filled); None for other errors."""
+    from pymongo.errors import ConnectionFailure, OperationFailure
+
+    if isinstance(error, ConnectionFailure):
+        return (
+            f"MongoDB stopped answering ({brief_error(error)}); run the command again once it "
+            "answers (the embedded server restarts by itself)"
+        )
+    settings = load_settings()
+    if isinstance(error, OperationFailure) and not settings.mongo_uri:
+        full = LocalServer(settings.data_dir).disk_full()
+        return None if full is None else str(full)
+    return None

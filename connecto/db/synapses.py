@@ -13,7 +13,7 @@ import math
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,10 +23,12 @@ from bson.int64 import Int64
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, BulkWriteError
+from pymongo.errors import AutoReconnect, PyMongoError
 from tqdm import tqdm
 
 from connecto import ConnectoError
+from connecto.db.client import RETRIES, brief_error, retry_write
+from connecto.db.import_journal import ImportJournal, recover_imports
 from connecto.db.schema import HEMILINEAGES, SKELETONS, SYNAPSES, init_database
 from connecto.names import is_valid_name
 
@@ -51,7 +53,6 @@ PARTS = ("train", "validation", "test")
 ID_FIELD = {SYNAPSES: "synapse_id", SKELETONS: "skeleton_id", HEMILINEAGES: "hemilineage_id"}
 MAX_LISTED = 20
 WRITE_CHUNK = 2000  # short server calls: progress, and little to redo after a dropped link
-RETRIES = 3
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -156,10 +157,27 @@ def _as_names(value: Any, nullable: bool) -> list[str] | None:
     return list(value)
 
 
+def _check_field_names(value: Any, prefix: str = "") -> None:
+    """Names MongoDB would read as operators or paths (`$where`, `a.b`) are refused, at any
+    depth, rather than stored as given."""
+    if isinstance(value, list):
+        for item in value:
+            _check_field_names(item, prefix)
+    if not isinstance(value, dict):
+        return
+    for name, inner in value.items():
+        if not isinstance(name, str) or not name or name[0] == "$" or "." in name or "\0" in name:
+            raise ValueError(
+                f"field name {prefix + str(name)!r}: may not be empty, start with '$' or hold '.'"
+            )
+        _check_field_names(inner, f"{prefix}{name}.")
+
+
 def _clean(collection: str, doc: Any) -> dict[str, Any]:
     """A normalised copy of one document (ids int64, coordinates float); ValueError if bad."""
     if not isinstance(doc, dict):
         raise ValueError(f"expected an object, got {type(doc).__name__}")
+    _check_field_names(doc)
     # synister writes "None"-like nulls for absent optional fields: drop them
     out = {k: v for k, v in doc.items() if v is not None and k != "_id"}
     checks: list[tuple[str, Any]]
@@ -318,105 +336,92 @@ def _validate(db: Database, data: SynapseData, replace: bool) -> dict[str, tuple
     return plan
 
 
-def _write(db: Database, data: SynapseData, replace: bool, progress: bool) -> ImportReport:
-    """Validate, then write; on any failure undo what was written and raise.
+def _write(
+    db: Database, data: SynapseData, replace: bool, progress: bool, what: str
+) -> ImportReport:
+    """Validate, then write all-or-nothing (see `connecto.db.import_journal`).
 
-    All-or-nothing without transactions (a standalone server has none): nothing is written
-    until every document has passed validation, so a failure can only come from the server.
-    Then the inserted ids and the replaced documents are known exactly, and the undo deletes
-    the former and puts back the latter. Writing straight into the target collections keeps
-    the speed of plain `insert_many` (a staging collection would copy every document twice).
-    Should the process itself die mid-write, re-running the same import completes it: the
-    documents already written are identical and are skipped.
+    Nothing is written until every document has passed validation, so a failure can only
+    come from the server, the disk or a killed process. Writing straight into the target
+    collections keeps the speed of plain `insert_many`; the journal records each chunk's
+    `_id`s (or the documents it replaces) before the chunk is written.
     """
+    recover_imports(db)  # an earlier import cut short changes what exists
     init_database(db)
     plan = _validate(db, data, replace)
     report = ImportReport()
-    inserted: dict[str, list[int]] = {c: [] for c in plan}
-    replaced: dict[str, list[dict[str, Any]]] = {c: [] for c in plan}
+    for collection, (inserts, replacements) in plan.items():
+        report.inserted[collection] = len(inserts)
+        report.replaced[collection] = len(replacements)
+        report.unchanged[collection] = len(data.docs(collection)) - len(inserts) - len(replacements)
     total = sum(len(i) + len(r) for i, r in plan.values())
-    bar = tqdm(total=total, desc="import", unit="doc", disable=not progress or total == 0)
+    if total == 0:
+        return report
+    journal = ImportJournal(db, what)
+    written = 0
+    bar = tqdm(total=total, desc="import", unit="doc", disable=not progress)
     try:
+        journal.begin()
         for collection in (HEMILINEAGES, SKELETONS, SYNAPSES):
-            id_field = ID_FIELD[collection]
             inserts, replacements = plan[collection]
             coll = db[collection]
             for chunk in _chunks(inserts, WRITE_CHUNK):
-                _insert(coll, id_field, chunk, inserted[collection])
+                journal.will_insert(collection, chunk)
+                _insert(coll, chunk)
+                written += len(chunk)
                 bar.update(len(chunk))
             for chunk in _chunks(replacements, WRITE_CHUNK):
-                # recorded first: putting back a document that was not yet changed is harmless
-                replaced[collection] += [old for _, old in chunk]
+                journal.will_replace(collection, [old for _, old in chunk])
                 updates = [UpdateOne({"_id": old["_id"]}, {"$set": new}) for new, old in chunk]
                 retry_write(partial(coll.bulk_write, updates))
+                written += len(chunk)
                 bar.update(len(chunk))
-            report.inserted[collection] = len(inserts)
-            report.replaced[collection] = len(replacements)
-            report.unchanged[collection] = (
-                len(data.docs(collection)) - len(inserts) - len(replacements)
-            )
+        journal.commit()
     except BaseException as error:
         bar.close()
-        _undo(db, inserted, replaced)
-        if isinstance(error, Exception):
-            raise ConnectoError(
-                f"import failed while writing ({str(error)[:300]}); "
-                "what it had written was removed, the database is as before"
-            ) from error
-        raise
+        raise _undo(db, journal, error, written, total) from error
     bar.close()
     return report
 
 
-def retry_write(operation: Callable[[], Any], attempts: int = RETRIES) -> Any:
-    """Run an idempotent write again when the connection drops (a busy server can miss the
-    client's heartbeat, and the client then cancels operations in flight)."""
-    for attempt in range(attempts):
-        try:
-            return operation()
-        except AutoReconnect:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1 + attempt)
-    return None
+def _undo(
+    db: Database, journal: ImportJournal, error: BaseException, written: int, total: int
+) -> BaseException:
+    """Roll the import back now; the error to raise says what happened and what to run."""
+    stopped = f"import into database {db.name!r} stopped after {written} of {total} documents"
+    try:
+        journal.rollback()
+    except PyMongoError as failure:
+        return ConnectoError(
+            f"{stopped} ({brief_error(error)}) and cannot be undone now "
+            f"({brief_error(failure)}): the next import into {db.name!r}, `connecto db stats "
+            f"--db {db.name}` or `connecto db recover --db {db.name}` rolls it back once the "
+            "server answers; then run this import again"
+        )
+    if isinstance(error, Exception):
+        return ConnectoError(
+            f"{stopped} ({brief_error(error)}); what it had written was removed, "
+            "the database is as before"
+        )
+    return error
 
 
-def _insert(coll: Collection, id_field: str, chunk: list[dict], inserted: list[int]) -> None:
-    """insert_many that leaves in `inserted` every id it may have written (none existed before
-    validation), so the undo removes exactly those; resumed after a dropped connection."""
-    inserted += [d[id_field] for d in chunk]
+def _insert(coll: Collection, chunk: list[dict]) -> None:
+    """insert_many of documents that carry their `_id`; resumed after a dropped connection
+    with the documents that did not land."""
     for attempt in range(RETRIES):
         try:
             coll.insert_many(chunk, ordered=False)
             return
-        except BulkWriteError as error:
-            # ids refused as duplicates belong to someone else: never undo those
-            taken = {
-                chunk[e["index"]][id_field]
-                for e in error.details.get("writeErrors", [])
-                if e.get("code") == 11000
-            }
-            inserted[:] = [i for i in inserted if i not in taken]
-            raise
         except AutoReconnect:
             if attempt == RETRIES - 1:
                 raise
             time.sleep(1 + attempt)
-            ids = [d[id_field] for d in chunk]
-            landed = {d[id_field] for d in coll.find({id_field: {"$in": ids}}, {id_field: 1})}
-            chunk = [d for d in chunk if d[id_field] not in landed]
+            ids = [d["_id"] for d in chunk]
+            landed = {d["_id"] for d in coll.find({"_id": {"$in": ids}}, {"_id": 1})}
+            chunk = [d for d in chunk if d["_id"] not in landed]
             if not chunk:
                 return
-
-
-def _undo(db: Database, inserted: dict[str, list[int]], replaced: dict[str, list[dict]]) -> None:
-    for collection in (SYNAPSES, SKELETONS, HEMILINEAGES):
-        coll = db[collection]
-        id_field = ID_FIELD[collection]
-        for chunk in _chunks(inserted[collection], 1000):
-            retry_write(partial(coll.delete_many, {id_field: {"$in": chunk}}))
-        for old in replaced[collection]:
-            retry_write(partial(coll.replace_one, {"_id": old["_id"]}, old))
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -446,7 +451,7 @@ def write_synapse_data(
     ):
         for index, doc in enumerate(docs):
             data.add(collection, doc, f"{collection}[{index}]")
-    return _write(db, data, replace, progress)
+    return _write(db, data, replace, progress, "write_synapse_data")
 
 
 # --- readers --------------------------------------------------------------------------------
@@ -489,20 +494,31 @@ def read_synister_dir(directory: Path) -> SynapseData:
 def _synister_documents(
     path: Path, content: Any, id_field: str, problems: Problems
 ) -> Iterator[tuple[str, dict[str, Any]]]:
+    items: Iterable[tuple[str, Any, Any]]
     if isinstance(content, dict):
-        items: Iterable[tuple[str, Any]] = (
-            (f"{path}: key {key!r}", {id_field: key, **value} if isinstance(value, dict) else value)
-            for key, value in content.items()
-        )
+        items = ((f"{path}: key {key!r}", key, value) for key, value in content.items())
     elif isinstance(content, list):
-        items = ((f"{path}: item {index}", value) for index, value in enumerate(content))
+        items = ((f"{path}: item {index}", None, value) for index, value in enumerate(content))
     else:
         problems.add(str(path), "expected a list of documents or an object keyed by id")
         return
-    for origin, doc in items:
+    for origin, key, doc in items:
         if isinstance(doc, dict):
             doc = {SYNISTER_ALIASES.get(k, k): v for k, v in doc.items()}
+            if key is not None:
+                if id_field in doc and not _same_id(doc[id_field], key):
+                    problems.add(origin, f"{id_field} {doc[id_field]!r} differs from its key")
+                    continue
+                doc = {id_field: key, **doc}
         yield origin, doc
+
+
+def _same_id(value: Any, key: str) -> bool:
+    """Whether a body's id and its key agree; ids that are no ids at all are for `_clean`."""
+    try:
+        return _as_id(value) == _as_id(key)
+    except ValueError:
+        return True
 
 
 CSV_COLUMNS = ("body", "x", "y", "z", "syn_id")
@@ -597,7 +613,8 @@ def import_synister(
     db: Database, directory: Path, replace: bool = False, progress: bool = True
 ) -> ImportReport:
     """`connecto db import synister DIR`."""
-    return _write(db, read_synister_dir(directory), replace, progress)
+    data = read_synister_dir(directory)
+    return _write(db, data, replace, progress, f"synister import of {directory}")
 
 
 def import_csv(
@@ -612,6 +629,7 @@ def import_csv(
     """`connecto db import csv FILE ...`: bodies become skeletons; without a transmitter,
     bodies already in the database keep theirs."""
     data = read_synapse_csvs(files, voxel_size, nt, nt_from_filename)
+    recover_imports(db)
     if not nt and not nt_from_filename and data.skeletons:
         ids = [d["skeleton_id"] for d in data.skeletons]
         known = set(_existing(db[SKELETONS], "skeleton_id", ids))
@@ -619,7 +637,7 @@ def import_csv(
         origins = data.origins[SKELETONS]
         data.skeletons = [data.skeletons[i] for i in keep]
         data.origins[SKELETONS] = [origins[i] for i in keep]
-    return _write(db, data, replace, progress)
+    return _write(db, data, replace, progress, f"CSV import of {', '.join(map(str, files))}")
 
 
 # --- queries, stats, export -------------------------------------------------------------------
@@ -674,7 +692,9 @@ def _transmitter_label(nt_known: list[str]) -> str:
 
 def synapse_stats(db: Database) -> dict[str, Any]:
     """Counts per transmitter (synapses and skeletons), per split and part (synapses in
-    `splits`, skeletons in `split_skeletons`), per brain region."""
+    `splits`, skeletons in `split_skeletons`), per brain region; first, imports cut short
+    are rolled back (`rolled_back`) or named when they may still run (`unfinished`)."""
+    rolled_back, unfinished = recover_imports(db)
     label = {
         d["skeleton_id"]: _transmitter_label(d.get("nt_known") or [])
         for d in db[SKELETONS].find({}, {"skeleton_id": 1, "nt_known": 1})
@@ -713,6 +733,8 @@ def synapse_stats(db: Database) -> dict[str, Any]:
             s: {p: len(split_skeletons[s][p]) for p in PARTS} for s in sorted(per_split)
         },
         "brain_regions": dict(sorted(per_region.items())),
+        "rolled_back": rolled_back,
+        "unfinished": unfinished,
     }
 
 

@@ -178,18 +178,23 @@ def run_container(spec: ContainerSpec) -> int:
 
 
 def stop_containers(log_path: str) -> int:
-    """Stop the containers of a job (found by their label); how many were running."""
-    found = client().containers.list(
-        filters={"label": f"{LABEL}={log_path}"},
-        ignore_removed=True,  # it may go meanwhile
-    )
+    """Stop the containers of a job (found by their label); how many were running. A
+    ConnectoError when the Docker engine cannot be asked (they may run on)."""
     import docker.errors
+    import requests
 
-    for container in found:
-        try:
-            container.stop(timeout=STOP_TIMEOUT_S)
-        except docker.errors.NotFound:  # it exited and was removed meanwhile
-            pass
+    try:
+        found = client().containers.list(
+            filters={"label": f"{LABEL}={log_path}"},
+            ignore_removed=True,  # it may go meanwhile
+        )
+        for container in found:
+            try:
+                container.stop(timeout=STOP_TIMEOUT_S)
+            except docker.errors.NotFound:  # it exited and was removed meanwhile
+                pass
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        raise ConnectoError(f"the Docker engine does not answer: {error}") from None
     return len(found)
 
 

@@ -5,7 +5,12 @@ Document: `_id` (short token), `name`, `kind`, `setup_dir`, `scheduler`, `job_id
 scheduler's: a SLURM id, `ID_INDEX` for array tasks, `host:pid` for local jobs), `launcher`,
 `command`, `image`, `image_digest`, `state` (pending, running, completed, failed, cancelled),
 `exit_code`, `reason`, `log_path`, `script_path`, `resources`, `submitted`, `started`,
-`finished`, `updated`, `host`, `user`, `cancel_requested`.
+`finished`, `updated`, `host`, `user`, `cancel_requested`, and for local jobs `process` (the
+process that runs it, with its start: `connecto.processes.process_record`).
+
+A scheduler that cannot be reached (its commands missing or failing) changes nothing stored:
+its jobs keep their last known state, marked `stale` (the error) in what `refresh_jobs`
+returns, which `describe_state` shows as unknown.
 
 A state is final only from the scheduler's word or the exit code; `completed` always comes
 with exit code 0.
@@ -32,6 +37,7 @@ from connecto.launch.slurm import SlurmScheduler
 
 CANCEL_CONFIRM_S = 20.0
 MAX_POLL_S = 5.0
+STALE = "stale"  # in refreshed jobs only: why their scheduler could not tell their state
 
 
 class Scheduler(Protocol):
@@ -72,19 +78,40 @@ def _apply(db: Database, job: dict[str, Any], status: Status) -> dict[str, Any]:
 
 
 def refresh_jobs(db: Database, jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Ask each job's scheduler about its unfinished jobs; store and return the new states."""
+    """Ask each job's scheduler about its unfinished jobs; store and return the new states.
+    The jobs of a scheduler that cannot be reached keep their last known state (stored and
+    returned), marked `stale` with the error in what this returns."""
     out = {job["_id"]: job for job in jobs}
     by_scheduler: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
         if job.get("state") not in FINAL_STATES:
             by_scheduler.setdefault(job["scheduler"], []).append(job)
     for name, group in by_scheduler.items():
-        statuses = get_scheduler(name).states(group)
+        group = [{k: v for k, v in job.items() if k != STALE} for job in group]
+        try:
+            statuses = get_scheduler(name).states(group)
+        except Exception as error:  # its commands missing, failing, hanging, answering nonsense
+            reason = str(error) if isinstance(error, ConnectoError) else repr(error)
+            for job in group:
+                out[job["_id"]] = {**job, STALE: f"{name}: {reason}"}
+            continue
         for job in group:
             status = statuses.get(str(job["job_id"]))
-            if status is not None:
-                out[job["_id"]] = _apply(db, job, status)
+            out[job["_id"]] = job if status is None else _apply(db, job, status)
     return [out[job["_id"]] for job in jobs]
+
+
+def stale_warnings(jobs: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per scheduler that could not be reached, naming it and its error."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        if job.get(STALE):
+            counts[job[STALE]] = counts.get(job[STALE], 0) + 1
+    return [
+        f"warning: cannot reach the {stale.split(': ', 1)[0]} scheduler "
+        f"({stale.split(': ', 1)[1]}); {count} job(s) shown in their last known state"
+        for stale, count in counts.items()
+    ]
 
 
 def list_jobs(
@@ -135,8 +162,15 @@ def cancel_jobs(db: Database, jobs: Sequence[dict[str, Any]]) -> list[dict[str, 
             # A container whose runner was killed outright would otherwise keep running.
             from connecto.launch.docker import stop_containers
 
-            with contextlib.suppress(ConnectoError):
+            try:
                 stop_containers(str(job["log_path"]))
+            except ConnectoError as error:
+                print(
+                    f"connecto: warning: job {job['job_id']} ({job['name']}): could not stop "
+                    f"its containers, which may still run: {error}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     deadline = time.monotonic() + CANCEL_CONFIRM_S
     while active and time.monotonic() < deadline:
         active = [job for job in refresh_jobs(db, active) if job["state"] not in FINAL_STATES]
@@ -172,11 +206,16 @@ def wait_for_jobs(
     SIGTERM) cancels the unfinished jobs, marks them cancelled and re-raises."""
     current = list(jobs)
     seen = {job["_id"]: job.get("state") for job in current}
+    warned: set[str] = set()
     start = time.monotonic()
     with _sigterm_as_interrupt():
         try:
             while True:
                 current = refresh_jobs(db, current)
+                for line in stale_warnings(current):
+                    if line not in warned and not quiet:
+                        print(f"connecto: {line}", file=sys.stderr, flush=True)
+                    warned.add(line)
                 for job in current:
                     if seen.get(job["_id"]) != job["state"] and not quiet:
                         elapsed = time.monotonic() - start
@@ -219,6 +258,8 @@ def _ignoring_signals() -> Iterator[None]:
 
 
 def describe_state(job: dict[str, Any]) -> str:
+    if job.get(STALE):
+        return f"unknown (last known: {job['state']})"
     text = job["state"]
     if job.get("exit_code") is not None and job["state"] != "completed":
         text += f" (exit code {job['exit_code']})"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from connecto import ConnectoError
 from connecto.launch.base import (
@@ -21,7 +22,22 @@ from connecto.launch.base import (
     read_exit_file,
     write_env_file,
 )
-from connecto.processes import pid_alive
+from connecto.processes import pid_alive, process_gone, process_record, process_start
+
+
+def process_alive(record: object, pid: int) -> bool | None:
+    """Whether the job's process still runs: by its record (pid and start: a reused pid is
+    another process), else (documents from before records) by its pid alone. None when the
+    record is from another host or PID namespace, where this one cannot tell."""
+    if not isinstance(record, Mapping) or not record.get("pid_started"):
+        # Not recorded, or it ended before its start could be read (its exit file tells).
+        return pid_alive(pid)
+    if process_gone(record):
+        return False
+    here = process_record()
+    if (record.get("host"), record.get("pid_namespace")) != (here["host"], here["pid_namespace"]):
+        return None
+    return process_start(int(record["pid"])) == record["pid_started"]
 
 
 def connecto_argv() -> list[str]:
@@ -50,9 +66,18 @@ class LocalLauncher:
 
 
 class LocalScheduler:
-    """Runs each task as a detached process on this host; job id `<host>:<pid>`."""
+    """Runs each task as a detached process on this host; job id `<host>:<pid>`.
+
+    One script (at `script_path`, the path the job documents record) serves all the tasks
+    of a submission, as a SLURM array's does: each process runs it with its task number.
+    Each process is recorded (`launched`, stored in its job document as `process`) with its
+    start, so a pid the kernel has since given to another process is not taken for the job.
+    """
 
     name = "none"
+
+    def __init__(self) -> None:
+        self.launched: dict[str, dict[str, Any]] = {}  # job id -> its process record
 
     def submit(
         self,
@@ -65,18 +90,23 @@ class LocalScheduler:
     ) -> list[str]:
         ids = []
         env_file = write_env_file(script_path.with_suffix(".env"), env)
-        for number, (argv, task) in enumerate(zip(argvs, tasks, strict=True)):
-            path = script_path.with_name(f"{script_path.stem}.{number}.sh")
-            path.write_text(job_script([argv], [task], env_file))
+        script_path.write_text(job_script(argvs, tasks, env_file, "${1:-0}"))
+        for number in range(len(tasks)):
             process = subprocess.Popen(
-                ["bash", str(path)],
+                ["bash", str(script_path), str(number)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: cancel reaches all of it
                 close_fds=True,
             )
-            ids.append(f"{socket.gethostname()}:{process.pid}")
+            job_id = f"{socket.gethostname()}:{process.pid}"
+            self.launched[job_id] = {
+                **process_record(),
+                "pid": process.pid,
+                "pid_started": process_start(process.pid),
+            }
+            ids.append(job_id)
         return ids
 
     def states(self, jobs: Sequence[Mapping[str, object]]) -> dict[str, Status]:
@@ -89,7 +119,11 @@ class LocalScheduler:
             exit_code = read_exit_file(Path(str(job["log_path"])).with_suffix(".exit"))
             if exit_code is not None:
                 out[job_id] = final_status(exit_code, bool(job.get("cancel_requested")))
-            elif pid_alive(int(pid)):
+                continue
+            alive = process_alive(job.get("process"), int(pid))
+            if alive is None:
+                continue  # recorded in another container: only there can one tell
+            if alive:
                 out[job_id] = Status("running")
             else:
                 # Gone without an exit code: killed (by a cancel, or by the machine).

@@ -17,11 +17,12 @@ from connecto.launch.base import (
     read_exit_file,
     write_env_file,
 )
-from connecto.launch.slurm import run
+from connecto.launch.slurm import failure, run
 
 _SUBMITTED = re.compile(r"Job <(\d+)> is submitted")
 PENDING = {"PEND", "PSUSP", "WAIT", "PROV"}
 RUNNING = {"RUN", "USUSP", "SSUSP"}
+_NOT_FOUND = re.compile(r"Job <[^>]*> is not found")
 
 
 def lsf_time(limit: str) -> str:
@@ -65,7 +66,7 @@ class LsfScheduler:
         env_file = write_env_file(script_path.with_suffix(".env"), env)
         script_path.write_text(job_script(argvs, tasks, env_file, "$(( ${LSB_JOBINDEX:-1} - 1 ))"))
         log = tasks[0].log_path if len(tasks) == 1 else script_path.with_suffix(".%J_%I.out")
-        result = run(bsub_argv(resources, job_name, log, script_path, len(tasks)))
+        result = run(bsub_argv(resources, job_name, log, script_path, len(tasks)), "LSF")
         match = _SUBMITTED.search(result.stdout)
         if result.returncode != 0 or match is None:
             raise ConnectoError(f"bsub refused the job: {(result.stderr or result.stdout).strip()}")
@@ -76,7 +77,17 @@ class LsfScheduler:
 
     def states(self, jobs: Sequence[Mapping[str, object]]) -> dict[str, Status]:
         wanted = {str(job["job_id"]): job for job in jobs}
-        result = run(["bjobs", "-a", "-noheader", "-o", "jobid jobindex stat exit_code", *wanted])
+        result = run(
+            ["bjobs", "-a", "-noheader", "-o", "jobid jobindex stat exit_code", *wanted], "LSF"
+        )
+        # bjobs fails too when only some jobs are unknown to it (forgotten: their exit files
+        # tell); anything else it says is LSF itself failing ("LSF is down").
+        complaints = [
+            line for line in (result.stderr + result.stdout).splitlines()
+            if line.strip() and not _NOT_FOUND.search(line) and not line.split()[0].isdigit()
+        ]  # fmt: skip
+        if result.returncode != 0 and (complaints or not (result.stdout + result.stderr).strip()):
+            raise ConnectoError(failure("bjobs", result))
         out: dict[str, Status] = {}
         for line in result.stdout.splitlines():
             parts = line.split()
@@ -104,6 +115,6 @@ class LsfScheduler:
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
-            result = run(["bkill", *job_ids])
+            result = run(["bkill", *job_ids], "LSF")
             if result.returncode != 0 and "already finished" not in result.stderr:
                 raise ConnectoError(f"bkill failed: {result.stderr.strip()}")

@@ -29,13 +29,20 @@ FAILED = {
 }  # fmt: skip
 
 
-def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], system: str = "SLURM") -> subprocess.CompletedProcess[str]:
     if shutil.which(argv[0]) is None:
-        raise ConnectoError(f"{argv[0]} is not on PATH: is this a SLURM submit host?")
+        raise ConnectoError(f"{argv[0]} is not on PATH: is this a submit host of {system}?")
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         raise ConnectoError(f"{argv[0]} did not answer within {TIMEOUT_S} s") from None
+
+
+def failure(what: str, result: subprocess.CompletedProcess[str]) -> str:
+    """A scheduler command's failure in one line: its exit status and its first words."""
+    said = " ".join((result.stderr or result.stdout).split())
+    said = said if len(said) <= 300 else f"{said[:300]}..."
+    return f"{what} failed (exit status {result.returncode}){': ' + said if said else ''}"
 
 
 def exit_code(text: str) -> int | None:
@@ -125,6 +132,8 @@ class SlurmScheduler:
 
     def _scontrol(self, wanted: set[str]) -> dict[str, Status]:
         result = run(["scontrol", "show", "job", "-o"])
+        if result.returncode != 0:  # the controller is down or unreachable
+            raise ConnectoError(failure("scontrol show job", result))
         records = [
             dict(part.split("=", 1) for part in line.split() if "=" in part)
             for line in result.stdout.splitlines()

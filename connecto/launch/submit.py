@@ -25,7 +25,7 @@ from connecto.launch.apptainer import ApptainerLauncher
 from connecto.launch.base import Resources, Task
 from connecto.launch.docker import DockerLauncher
 from connecto.launch.jobs import get_scheduler, record_jobs, wait_for_jobs
-from connecto.launch.local import LocalLauncher
+from connecto.launch.local import LocalLauncher, LocalScheduler
 from connecto.settings import Settings, load_settings
 
 JOBS_DIR = "jobs"  # in each setup: job scripts, logs, exit codes
@@ -139,6 +139,8 @@ def submit_tasks(
                     "cancel_requested": False,
                 }
             )
+            if isinstance(scheduler, LocalScheduler):
+                docs[-1]["process"] = scheduler.launched[job_id]
     try:
         return record_jobs(db, docs)
     except Exception:

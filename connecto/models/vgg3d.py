@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from connecto import ConnectoError
 from connecto.config import SynapseModelConfig
 
 CLASSIFIER_WIDTH = 4096  # synister's fully connected width (config: classifier_width)
@@ -85,18 +84,10 @@ def load_model_from_checkpoint(
     config: SynapseModelConfig, checkpoint_path: str | Path, device: str | torch.device
 ) -> torch.nn.Module:
     """The VGG of `config` with the weights of a `model_checkpoint_<N>`, in eval mode."""
+    from connecto.checkpoints import load_weights, read_checkpoint
+
     model = build_vgg3d(config)
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise ConnectoError(f"{checkpoint_path}: no such checkpoint") from None
-    except Exception as error:  # torch raises many kinds for a damaged file
-        raise ConnectoError(f"{checkpoint_path}: not a readable checkpoint ({error})") from None
-    try:
-        model.load_state_dict(checkpoint["model_state_dict"])
-    except (KeyError, RuntimeError) as error:
-        raise ConnectoError(
-            f"{checkpoint_path}: does not fit the model of this config "
-            f"(input_shape, fmaps, downsample_factors, synapse_types): {error}"
-        ) from None
+    state = read_checkpoint(checkpoint_path, device)
+    keys = "input_shape, fmaps, fmap_inc, n_convolutions, downsample_factors, synapse_types"
+    load_weights(model, state, checkpoint_path, keys)
     return model.to(device).eval()

@@ -22,6 +22,7 @@ from connecto import ConnectoError
 from connecto.config import SegmentationTrainConfig
 from connecto.data.volumes import normalize_raw, open_raw
 from connecto.experiment import TrainSetup, find_setup
+from connecto.processes import worker_dies_with_parent
 from connecto.segment.config import SegmentConfig
 from connecto.segment.tasks import MongoBlockBookkeeping
 from connecto.segment.workflow import StepResult, dataset_path, graph_config, logs_in
@@ -29,12 +30,15 @@ from connecto.segment.workflow import StepResult, dataset_path, graph_config, lo
 LSD_CHANNELS = 10
 
 
+MODEL_KEYS = "input_shape, fmaps, fmap_inc_factor, downsample_factors, lsds, neighborhood"
+
+
 def load_mtlsd(train: SegmentationTrainConfig, checkpoint: Path, device: str) -> torch.nn.Module:
+    from connecto.checkpoints import load_weights, read_checkpoint
     from connecto.models.unet import build_mtlsd
 
     model = build_mtlsd(train)
-    state = torch.load(checkpoint, map_location=device, weights_only=False)
-    model.load_state_dict(state["model_state_dict"])
+    load_weights(model, read_checkpoint(checkpoint, device), checkpoint, MODEL_KEYS)
     return model.to(device).eval()
 
 
@@ -47,6 +51,7 @@ def train_config_of(checkpoint: Path) -> SegmentationTrainConfig:
     config = setup.train_config()
     if not isinstance(config, SegmentationTrainConfig):
         raise ConnectoError(f"{setup.path}: task {config.task!r} is not segmentation")
+    load_mtlsd(config, checkpoint, "cpu")  # a bad checkpoint: one error here, not per block
     return config
 
 
@@ -148,7 +153,8 @@ def predict_blockwise(config: SegmentConfig, base: Path, overwrite: bool = False
         total_roi=roi.grow(context, context),
         read_roi=Roi((0, 0, 0), write).grow(context, context),
         write_roi=Roi((0, 0, 0), write),
-        process_function=process,
+        # workers started by daisy die with this process (not a multiprocessing fork)
+        process_function=worker_dies_with_parent(process) if config.num_workers > 1 else process,
         check_function=bookkeeping.check_block_func(),
         read_write_conflict=False,
         fit="overhang",

@@ -19,6 +19,7 @@ from connecto import ConnectoError
 from connecto.db.columns import packed_pairs
 from connecto.db.graph import MongoDB, MongoDBGraphDataBase
 from connecto.db.tracking import now
+from connecto.processes import worker_dies_with_parent
 from connecto.segment.agglomerate import agglomerate_fragments, merge_scores, waterz_affinities
 from connecto.segment.fragments import (
     nearest_neighbour_channels,
@@ -222,10 +223,12 @@ def apply_lut(data: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 def run_task(task: Any, what: str) -> None:
     """Run a volara task blockwise; a block that failed after daisy's retries is an
-    error, never a quiet success."""
+    error, never a quiet success. Its worker processes die with this one."""
     parallel = task.num_workers > 1
     # volara's serial path uses a daisy 1.x monitor that daisy 2 lacks: run it here
     with task.task(multiprocessing=parallel) as daisy_task:
+        if parallel:
+            daisy_task.process_function = worker_dies_with_parent(daisy_task.process_function)
         succeeded = daisy.run_blockwise([daisy_task], multiprocessing=parallel)
     if not succeeded:
         raise ConnectoError(
