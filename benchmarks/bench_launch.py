@@ -92,8 +92,7 @@ def run_all(work: Path, submit_command: Callable, WorkerConfig: type) -> None:  
         import docker
 
         docker.from_env().ping()
-        sys.path.insert(0, str(REPO / "tests"))
-        from launch_fixtures import build_test_image, venv_mounts
+        from tests.launch.fixtures import build_test_image, venv_mounts
 
         image = build_test_image()
     except Exception as error:

@@ -15,7 +15,7 @@ Measured here, on the synthetic benchmark volume:
 
 The rates compared in (a) and (b) are measured in alternating rounds in one process, so
 that the load of a shared machine weighs on each alike, and both decode chunks on one
-thread, as a cache worker does (`connecto.pipelines` turns blosc's threads off).
+thread, as a cache worker does (`connecto.tasks.parts` turns blosc's threads off).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from connecto.data.volumes import (
     read_roi,
     scale_raw,
 )
-from connecto.pipelines.synapse import batch_request, data_pipeline
+from connecto.tasks.synapse_classification.pipeline import batch_request, data_pipeline
 
 INPUT_SHAPE = (16, 160, 160)
 BATCH_SIZE = 8

@@ -43,16 +43,15 @@ from volara.lut import LUT
 
 from connecto.data.degrade import DEGRADATIONS, degrade_affinities, target_affinities
 from connecto.db.graph import process_client
-from connecto.evaluate.segmentation import SegmentationScores, score_segmentation
-from connecto.segment.agglomerate import MERGE_FUNCTIONS, quiet_stdout, waterz_affinities
-from connecto.segment.config import load_segment_config
-from connecto.segment.tasks import MEAN_AFFINITY, apply_lut, run_task
-from connecto.segment.workflow import (
+from connecto.postprocess.agglomerate import MERGE_FUNCTIONS, quiet_stdout, waterz_affinities
+from connecto.postprocess.blockwise import MEAN_AFFINITY, apply_lut, run_task
+from connecto.tasks.segmentation.config import load_segment_config
+from connecto.tasks.segmentation.evaluate import SegmentationScores, score_segmentation
+from connecto.tasks.segmentation.steps import logs_in, open_graph
+from connecto.tasks.segmentation.workflow import (
     agglomerate,
     fragments,
-    logs_in,
     lookup_table,
-    open_graph,
     read_edge_scores,
 )
 

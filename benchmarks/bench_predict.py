@@ -27,9 +27,14 @@ from connecto.db.predictions import (
     prediction_document,
     write_predictions,
 )
-from connecto.experiment import prepare_prediction, prepare_training
-from connecto.models.vgg3d import build_vgg3d, load_model_from_checkpoint
-from connecto.predict import prediction_threads, run_prediction, split_synapses
+from connecto.experiment import prepare_training
+from connecto.tasks.synapse_classification.model import build_vgg3d, load_model_from_checkpoint
+from connecto.tasks.synapse_classification.predict import (
+    prediction_threads,
+    run_prediction,
+    split_synapses,
+)
+from connecto.tasks.synapse_classification.setups import prepare_prediction
 
 SYNAPSES = 300
 BATCH = 16

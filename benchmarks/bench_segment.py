@@ -34,23 +34,21 @@ from volara.blockwise import AffAgglom, ExtractFrags
 from volara.datasets import Affs, Labels
 from volara.dbs import SQLite
 
-from connecto.config import load_train_config
 from connecto.data.ingest import ingest
 from connecto.db.graph import MongoDBGraphDataBase, process_client
-from connecto.evaluate.segmentation import score_segmentation
 from connecto.experiment import prepare_training
+from connecto.postprocess.agglomerate import MERGE_FUNCTIONS, quiet_stdout, waterz_affinities
+from connecto.postprocess.blockwise import MEAN_AFFINITY, run_task
 from connecto.resources import resource_dir
-from connecto.segment.agglomerate import MERGE_FUNCTIONS, quiet_stdout, waterz_affinities
-from connecto.segment.config import STEPS, SegmentConfig, load_segment_config
-from connecto.segment.tasks import MEAN_AFFINITY, run_task
-from connecto.segment.workflow import (
+from connecto.tasks import load_train_config
+from connecto.tasks.segmentation.config import STEPS, SegmentConfig, load_segment_config
+from connecto.tasks.segmentation.evaluate import score_segmentation
+from connecto.tasks.segmentation.steps import logs_in, open_graph, open_volume
+from connecto.tasks.segmentation.workflow import (
     agglomerate,
     best_threshold,
     fragments,
     gt_affinities,
-    logs_in,
-    open_graph,
-    open_volume,
     run_steps,
 )
 from connecto.train import train

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 from connecto import ConnectoError
-from connecto.config import convert_ini, to_toml
+from connecto.config import to_toml
 from connecto.settings import load_settings, settings_files
+from connecto.tasks.synapse_classification.config import convert_ini
 
 app = typer.Typer(help="Settings and config files.", no_args_is_help=True)
 

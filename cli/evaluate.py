@@ -33,7 +33,7 @@ def evaluate_command(
 ) -> None:
     """Per-synapse and per-skeleton (majority vote) confusion matrices, precision, recall,
     accuracy and balanced accuracy; stored in `scores`, plotted under 04_evaluate/."""
-    from connecto.evaluate import synapses
+    from connecto.tasks.synapse_classification import evaluate as synapses
 
     if select_best:
         best = synapses.select_best(Path.cwd(), split or "validation", metric, min_synapses)

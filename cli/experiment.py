@@ -10,7 +10,8 @@ from rich.table import Table
 
 from connecto.db.client import tracking_database
 from connecto.db.tracking import list_runs
-from connecto.experiment import TrainSetup, prepare_prediction, prepare_training, template_names
+from connecto.experiment import TrainSetup, prepare_training, template_names
+from connecto.tasks.synapse_classification.setups import prepare_prediction
 
 console = Console()
 BASE = typer.Option(..., "-d", "--base-dir", help="base directory of experiments")

@@ -43,7 +43,7 @@ def predict_command(
         args += ["-w", str(workers), *(["-b", str(batch_size)] if batch_size else [])]
         report_jobs(submit_here(args, Path.cwd(), wait), waited=wait)
         return
-    from connecto.predict import predict  # torch: only when predicting
+    from connecto.tasks.synapse_classification.predict import predict  # torch: only when predicting
 
     runs = predict(Path.cwd(), split, iterations, all_checkpoints, overwrite, workers, batch_size)
     for run in runs:

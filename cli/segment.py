@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from connecto.names import check_name
-from connecto.segment.config import CONFIG_NAME, STEPS
+from connecto.tasks.segmentation.config import CONFIG_NAME, STEPS
 
 if TYPE_CHECKING:
-    from connecto.segment.workflow import SegmentReport
+    from connecto.tasks.segmentation.workflow import SegmentReport
 
 app = typer.Typer(
     help="Neuron segmentation: affinities, fragments, the segment graph in MongoDB, "
@@ -57,7 +57,7 @@ def _print(report: SegmentReport) -> None:
 
 def _step(*steps: str):  # noqa: ANN202 - a Typer command factory
     def command(config: Path = CONFIG, overwrite: bool = OVERWRITE) -> None:
-        from connecto.segment.workflow import run_steps  # heavy: loads only when used
+        from connecto.tasks.segmentation.workflow import run_steps  # heavy: loads only when used
 
         _print(run_steps(config, steps, overwrite=overwrite))
 
@@ -75,7 +75,7 @@ def gt_affinities(
 ) -> None:
     """Affinities computed from the ground-truth labels: perfect, or degraded the way a
     network's predictions are (to tune the post-processing without a network)."""
-    from connecto.segment.workflow import make_gt_affinities
+    from connecto.tasks.segmentation.workflow import make_gt_affinities
 
     _print(make_gt_affinities(config, overwrite, degrade, seed))
 
@@ -110,8 +110,8 @@ def export_graph_command(
     """The segment graph as one document per node and edge (LSD layout, mongo shell)."""
     from connecto.db.graph import process_client
     from connecto.db.graph_documents import export_graph
-    from connecto.segment.config import load_segment_config
-    from connecto.segment.workflow import open_graph
+    from connecto.tasks.segmentation.config import load_segment_config
+    from connecto.tasks.segmentation.steps import open_graph
 
     segment, _ = load_segment_config(config)
     database = process_client()[check_name("database name", db or segment.db_name)]
@@ -132,8 +132,8 @@ def import_graph_command(
     """Per-document nodes and edges (LSD layout) into the config's segment graph."""
     from connecto.db.graph import process_client
     from connecto.db.graph_documents import check_documents, import_graph
-    from connecto.segment.config import load_segment_config
-    from connecto.segment.workflow import graph_config
+    from connecto.tasks.segmentation.config import load_segment_config
+    from connecto.tasks.segmentation.steps import graph_config
 
     segment, _ = load_segment_config(config)
     database = process_client()[check_name("database name", db or segment.db_name)]

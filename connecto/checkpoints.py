@@ -24,6 +24,11 @@ from connecto import ConnectoError
 REPLACE = "train again or use another checkpoint"
 
 
+def default_device() -> str:
+    """The device a model runs on unless told: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _reason(path: Path, error: BaseException) -> str:
     """What torch's many kinds of load errors mean, in a few words."""
     text = str(error).strip()

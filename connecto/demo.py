@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from connecto.launch.local import connecto_argv
+
 DEMO_DIR = Path(os.environ.get("CONNECTO_DEMO_DIR", "demo_out")).resolve()
 DATA_DB = os.environ.get("CONNECTO_DEMO_DB", "connecto_demo")
 CLASSES = ["gaba", "acetylcholine", "glutamate"]
@@ -36,7 +38,7 @@ MODEL = [
 
 
 def connecto(*args: str | Path, cwd: Path | None = None) -> None:
-    command = [sys.executable, "-m", "cli.main", *map(str, args)]
+    command = [*connecto_argv(), *map(str, args)]
     where = f"(in {cwd}) " if cwd else ""
     print(f"\n$ {where}connecto {' '.join(map(str, args))}", flush=True)
     subprocess.run(command, cwd=cwd, check=True)
@@ -83,7 +85,7 @@ def main() -> None:
     connecto("evaluate", "--select-best", "--split", "validation", cwd=setup)
 
     from connecto.db.client import tracking_database
-    from connecto.evaluate.synapses import stored_best, stored_scores
+    from connecto.tasks.synapse_classification.evaluate import stored_best, stored_scores
 
     tracking = tracking_database()
     best = stored_best(tracking, setup, "validation")

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,34 +18,27 @@ from pymongo.database import Database
 
 from connecto import ConnectoError
 from connecto.config import (
-    SynapsePredictConfig,
-    SynapseTrainConfig,
-    TrainConfig,
     WorkerConfig,
     find_config,
     load_config,
-    load_train_config,
     parse_cli_value,
     read_toml,
-    train_config_model,
     validate,
     write_config,
 )
 from connecto.db.tracking import register_train_setup
 from connecto.names import check_name
 from connecto.resources import resource_dir
+from connecto.tasks import DEFAULT_TASK, load_train_config, train_config_model
+from connecto.tasks.synapse_classification.config import SynapsePredictConfig
 
 TRAIN_DIR = "02_train"
 PREDICT_DIR = "03_predict"
 EVALUATE_DIR = "04_evaluate"
 CHECKPOINT_PREFIX = "model_checkpoint_"
-DEFAULT_TEMPLATES = {
-    "synapse-classification": "synapse-classification",
-    "segmentation": "segmentation",
-}
 
 _TRAIN_NAME = re.compile(r"^setup_t(\d+)$")
-_PREDICT_NAME = re.compile(r"^setup_t(\d+)_p(\d+)$")
+PREDICT_NAME = re.compile(r"^setup_t(\d+)_p(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -87,7 +79,7 @@ class TrainSetup:
                 found.append(int(suffix))
         return sorted(found)
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self) -> Any:
         return load_train_config(find_config(self.path, "train_config"))
 
     def worker_config(self) -> WorkerConfig:
@@ -100,7 +92,7 @@ class TrainSetup:
         root = self.base / self.experiment / PREDICT_DIR
         found = []
         for path in root.glob(f"setup_t{self.train_id}_p*"):
-            match = _PREDICT_NAME.match(path.name)
+            match = PREDICT_NAME.match(path.name)
             if match and int(match.group(1)) == self.train_id:
                 found.append(self.predict_setup(int(match.group(2))))
         return sorted(found, key=lambda s: s.predict_id)
@@ -139,7 +131,7 @@ def find_setup(path: Path) -> TrainSetup | PredictSetup:
         train = _TRAIN_NAME.match(candidate.name)
         if train and candidate.parent.name == TRAIN_DIR:
             return TrainSetup(candidate.parents[2], candidate.parents[1].name, int(train.group(1)))
-        predict = _PREDICT_NAME.match(candidate.name)
+        predict = PREDICT_NAME.match(candidate.name)
         if predict and candidate.parent.name == PREDICT_DIR:
             return PredictSetup(
                 candidate.parents[2],
@@ -207,7 +199,7 @@ def prepare_training(
     setup = TrainSetup(base.resolve(), experiment, train_id)
     if setup.path.exists() and any(setup.path.iterdir()) and not force:
         raise ConnectoError(f"{setup.path} already exists; use --force to overwrite its configs")
-    name = template or DEFAULT_TEMPLATES[task or "synapse-classification"]
+    name = template or task or DEFAULT_TASK  # each task ships a template of its name
     template_dir = resource_dir("experiments") / name
     if not template_dir.is_dir():
         raise ConnectoError(f"no template {name!r}; available: {', '.join(template_names())}")
@@ -242,7 +234,7 @@ class _undo_on_failure:
         self.files = [directory / name for name in files]
 
     def __enter__(self) -> None:
-        self.created = _missing_directories(self.directory)
+        self.created = missing_directories(self.directory)
         self.saved = {p: p.read_bytes() if p.is_file() else None for p in self.files}
         self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -254,91 +246,21 @@ class _undo_on_failure:
                 path.unlink(missing_ok=True)
             else:
                 path.write_bytes(content)
-        _remove_created(self.created)
+        remove_created(self.created)
 
 
-def _missing_directories(directory: Path) -> list[Path]:
+def missing_directories(directory: Path) -> list[Path]:
     """`directory` and those of its parents that do not exist, deepest first."""
     return [p for p in (directory, *directory.parents) if not p.exists()]
 
 
-def _remove_created(directories: list[Path]) -> None:
+def remove_created(directories: list[Path]) -> None:
     """Remove directories made here, deepest first, while nothing else came into them."""
     for directory in directories:
         try:
             directory.rmdir()
         except OSError:
             break
-
-
-def next_predict_id(train: TrainSetup) -> int:
-    """The next free predict number across the experiment (synister numbers them per
-    experiment so collection names never collide)."""
-    root = train.base / train.experiment / PREDICT_DIR
-    used = [int(m.group(2)) for p in root.glob("setup_t*_p*") if (m := _PREDICT_NAME.match(p.name))]
-    return max(used, default=-1) + 1
-
-
-PredictionCheck = Callable[[list[tuple[PredictSetup, SynapsePredictConfig]]], Any]
-
-
-def prepare_prediction(
-    train: TrainSetup,
-    iterations: list[int],
-    split_part: str = "test",
-    overwrite: bool = False,
-    check: PredictionCheck | None = None,
-) -> list[tuple[PredictSetup, SynapsePredictConfig]]:
-    """One predict setup per iteration, pointing at `model_checkpoint_<it>`. `check` sees
-    the planned (setup, config) pairs before anything is created and refuses by raising;
-    then nothing is created, and a failure while writing takes back every setup of the
-    call."""
-    train_config = train.train_config()
-    if not isinstance(train_config, SynapseTrainConfig):
-        raise ConnectoError(
-            f"{train.path}: prepare-prediction is for synapse classification; "
-            "segmentation predicts with `connecto segment predict`"
-        )
-    model_keys = set(SynapsePredictConfig.model_fields) & set(SynapseTrainConfig.model_fields)
-    shared = train_config.model_dump(include=model_keys)
-    worker = train.worker_config()
-    first = next_predict_id(train)
-    planned = []
-    for offset, iteration in enumerate(iterations):
-        setup = train.predict_setup(first + offset)
-        config = SynapsePredictConfig(
-            **shared,
-            train_checkpoint=str(train.checkpoint(iteration)),
-            experiment=train.experiment,
-            train_number=train.train_id,
-            predict_number=setup.predict_id,
-            split_part=split_part,  # type: ignore[arg-type]
-            overwrite=overwrite,
-        )
-        planned.append((setup, config))
-    if check is not None:
-        check(planned)
-    root = train.base / train.experiment / PREDICT_DIR
-    root_created = _missing_directories(root)
-    made: list[Path] = []
-    try:
-        for setup, config in planned:
-            try:
-                setup.path.mkdir(parents=True)
-            except FileExistsError:
-                raise ConnectoError(
-                    f"{setup.path} appeared meanwhile (another prepare-prediction or predict "
-                    "in this experiment?); run again"
-                ) from None
-            made.append(setup.path)
-            write_config(setup.path / "predict_config.toml", config)
-            write_config(setup.path / "worker_config.toml", worker)
-    except BaseException:
-        for path in made:
-            shutil.rmtree(path, ignore_errors=True)
-        _remove_created(root_created)
-        raise
-    return planned
 
 
 def tree(path: Path, max_depth: int = 4) -> list[str]:

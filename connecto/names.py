@@ -35,3 +35,8 @@ def check_name(kind: str, value: str) -> str:
             f"or digit, at most {MAX_LENGTH} characters"
         )
     return value
+
+
+def predictions_database_name(data_db: str) -> str:
+    """Where the predictions on a data database go (synister's convention)."""
+    return f"{data_db}_predictions"

@@ -10,24 +10,19 @@ config's learning rate, so a changed `learning_rate` applies on resuming. SIGINT
 stop after the current iteration with a checkpoint. A loss that becomes NaN or infinite
 stops the training with an error and no checkpoint of the broken weights.
 
-Tasks plug in through `TASKS`: the task name (`task` in train_config) maps to a
-function `(config, worker_config, source) -> TaskParts`, given as "module:function" so
-that only the task in use is imported. The function checks everything that can fail
-before training starts (raising `ConnectoError` naming the config key) and returns the
-model, loss, optimizer, the gunpowder pipeline up to the `Train` node, the request,
-the `Train` node's array mappings, what a snapshot holds and the metrics of a batch.
+Tasks plug in through `connecto.tasks` (the registry): the driver asks it for the
+`TaskParts` of the config's task and knows no task by name.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
 import signal
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,37 +36,16 @@ import zarr
 from tqdm import tqdm
 
 from connecto import ConnectoError
-from connecto.checkpoints import load_optimizer, load_weights, read_checkpoint
+from connecto.checkpoints import default_device, load_optimizer, load_weights, read_checkpoint
 from connecto.db.tracking import git_commit, now, upsert_run
 from connecto.experiment import TrainSetup
 from connecto.locks import setup_lock
 from connecto.processes import children_die_with_parent, process_record
+from connecto.tasks import task_parts
+from connecto.tasks.parts import TaskParts
 
-TASKS: dict[str, str] = {
-    "synapse-classification": "connecto.pipelines.synapse:synapse_task",
-    "segmentation": "connecto.pipelines.segmentation:segmentation_task",
-}
 CHECKPOINT_BASENAME = "model"  # gunpowder names checkpoints <basename>_checkpoint_<it>
 NEVER = 2**62  # gunpowder's own checkpointing is off: the driver writes checkpoints
-
-
-@dataclass
-class TaskParts:
-    """What a task gives the driver (see the module docstring)."""
-
-    model: torch.nn.Module
-    loss: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    pipeline: gp.Pipeline
-    request: gp.BatchRequest
-    inputs: dict[str | int, gp.ArrayKey]
-    outputs: dict[str | int, gp.ArrayKey]
-    loss_inputs: dict[str | int, gp.ArrayKey]
-    array_specs: dict[gp.ArrayKey, gp.ArraySpec] = field(default_factory=dict)
-    # batch -> {dataset name: (data, zarr attributes)}
-    snapshot: Callable[[gp.Batch], dict[str, tuple[np.ndarray, dict]]] | None = None
-    # batch -> {metric name: value}, logged to tensorboard and the run document
-    metrics: Callable[[gp.Batch], dict[str, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,18 +54,6 @@ class TrainResult:
     iteration: int
     state: str  # finished | interrupted
     last_loss: float | None
-
-
-def task_parts(config: Any, worker: Any, source: str) -> TaskParts:
-    task = getattr(config, "task", None)
-    if task not in TASKS:
-        raise ConnectoError(f"{source}: key 'task' = {task!r}: no training for this task yet")
-    module, _, function = TASKS[task].partition(":")
-    return getattr(importlib.import_module(module), function)(config, worker, source)
-
-
-def training_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def cpu_threads(worker: Any) -> int:
@@ -270,125 +232,150 @@ def _train(setup: TrainSetup, iterations: int, progress: bool, device: str | Non
         raise ConnectoError(f"ITERATIONS {iterations}: must be at least 1")
     config = setup.train_config()
     worker = setup.worker_config()
-    source = str(setup.path / "train_config")
     done = (setup.checkpoints() or [0])[-1]
     if done >= iterations:
         return TrainResult(done, done, "finished", None)
     _seed(config.seed, done)
-    parts = task_parts(config, worker, source)  # all checks, before anything is written
+    # all checks, before anything is written
+    parts = task_parts(config, worker, str(setup.path / "train_config"))
     if done:
         resume(setup, done, parts)
     logging.getLogger("gunpowder").setLevel(logging.WARNING)  # per-iteration INFO lines
-    device = device or training_device()
+    device = device or default_device()
     if device == "cpu":
         torch.set_num_threads(cpu_threads(worker))
+    return TrainingRun(setup, config, parts, done, iterations, device).run(progress)
 
-    from connecto.db.client import tracking_database
 
-    db = tracking_database()
-    run_dir = str(setup.path)
-    upsert_run(db, run_dir, {
-        "experiment": setup.experiment, "base": str(setup.base), "train_id": setup.train_id,
-        "task": config.task, "config": config.model_dump(mode="json"), "state": "running",
-        "iteration": done, "target_iterations": iterations, "device": device,
-        "git_commit": git_commit(), "started": now(), "error": None, **process_record(),
-    })  # fmt: skip
+class TrainingRun:
+    """One `connecto train` from `done` to `iterations`: gunpowder's Train node at the end
+    of the task's pipeline, checkpoints, tensorboard, snapshots and the run document."""
 
-    train_node = ResumedTrain(
-        iteration=done, model=parts.model, loss=parts.loss, optimizer=parts.optimizer,
-        inputs=parts.inputs, outputs=parts.outputs, loss_inputs=parts.loss_inputs,
-        array_specs=parts.array_specs,
-        checkpoint_basename=str(setup.path / CHECKPOINT_BASENAME),
-        save_every=NEVER, device=device,
-    )  # fmt: skip
-    pipeline = parts.pipeline + train_node
-    setup.log_dir.mkdir(exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
+    def __init__(
+        self, setup: TrainSetup, config: Any, parts: TaskParts, done: int, iterations: int,
+        device: str,
+    ) -> None:  # fmt: skip
+        from connecto.db.client import tracking_database
 
-    writer = SummaryWriter(str(setup.log_dir))
-    iteration, last_loss, saved = done, None, done
-    stop = StopRequest()
+        self.setup, self.config, self.parts = setup, config, parts
+        self.done, self.iterations = done, iterations
+        self.iteration = self.saved = done
+        self.last_loss: float | None = None
+        self.stop = StopRequest()
+        self.db = tracking_database()
+        self.record({
+            "experiment": setup.experiment, "base": str(setup.base), "train_id": setup.train_id,
+            "task": config.task, "config": config.model_dump(mode="json"), "state": "running",
+            "iteration": done, "target_iterations": iterations, "device": device,
+            "git_commit": git_commit(), "started": now(), "error": None, **process_record(),
+        })  # fmt: skip
+        self.node = ResumedTrain(
+            iteration=done, model=parts.model, loss=parts.loss, optimizer=parts.optimizer,
+            inputs=parts.inputs, outputs=parts.outputs, loss_inputs=parts.loss_inputs,
+            array_specs=parts.array_specs,
+            checkpoint_basename=str(setup.path / CHECKPOINT_BASENAME),
+            save_every=NEVER, device=device,
+        )  # fmt: skip
+        self.pipeline = parts.pipeline + self.node
 
-    def diverged(what: str) -> Diverged:
-        rate = train_node.optimizer.param_groups[0]["lr"]
-        previous = setup.checkpoint(saved).name if saved else "scratch"
+    def record(self, fields: dict[str, Any]) -> None:
+        upsert_run(self.db, str(self.setup.path), fields)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.node.optimizer.param_groups[0]["lr"]
+
+    def run(self, progress: bool) -> TrainResult:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.setup.log_dir.mkdir(exist_ok=True)
+        writer = SummaryWriter(str(self.setup.log_dir))
+        bar = tqdm(
+            total=self.iterations, initial=self.done, desc="train", unit="it",
+            disable=not progress, dynamic_ncols=True,
+        )  # fmt: skip
+        try:
+            with self.stop.installed(), children_die_with_parent(), gp.build(self.pipeline):
+                self.iteration = self.saved = self.node.iteration  # = done: resumed here
+                self._loop(bar, writer)
+                bar.close()
+                self.checkpoint()
+        except BaseException as error:
+            self._record_failure(error)
+            raise
+        finally:
+            bar.close()  # its last line ends before an error message
+            writer.close()
+        state = "finished" if self.iteration >= self.iterations else "interrupted"
+        self.record({
+            "state": state, "iteration": self.iteration, "last_loss": self.last_loss,
+            "stopped_by": self.stop.requested,
+        })  # fmt: skip
+        return TrainResult(self.done, self.iteration, state, self.last_loss)
+
+    def _loop(self, bar: tqdm, writer: Any) -> None:
+        window = Window()
+        while self.iteration < self.iterations and not self.stop.requested:
+            try:
+                batch = self.pipeline.request_batch(self.parts.request)
+            except Exception:
+                if self.stop.requested:  # workers stopped by the same signal
+                    break
+                raise
+            self.iteration = batch.iteration
+            self.last_loss = float(batch.loss)
+            if not math.isfinite(self.last_loss):
+                raise self._diverged(f"the loss is {self.last_loss}")
+            metrics = self.parts.metrics(batch) if self.parts.metrics else {}
+            window.add({"loss": self.last_loss, **metrics})
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.last_loss:.4f}")
+            if self.iteration % self.config.save_every == 0:
+                self.checkpoint()
+            if self.parts.snapshot and self.iteration % self.config.snapshot_every == 0:
+                write_snapshot(self.setup, self.iteration, self.parts.snapshot(batch))
+            if self.iteration % self.config.log_every == 0 or self.iteration == self.iterations:
+                self._log(window.means(), writer)
+                window = Window()
+
+    def _log(self, means: dict[str, float], writer: Any) -> None:
+        means["learning_rate"] = self.learning_rate
+        for key, value in means.items():
+            writer.add_scalar(key, value, self.iteration)
+        writer.flush()
+        self.record({
+            "iteration": self.iteration, "last_loss": self.last_loss,
+            "metrics": {k: float(v) for k, v in means.items()},
+        })  # fmt: skip
+
+    def _diverged(self, what: str) -> Diverged:
+        previous = self.setup.checkpoint(self.saved).name if self.saved else "scratch"
         return Diverged(
-            f"training diverged: {what} at iteration {iteration} (no checkpoint of these "
-            f"weights written); lower learning_rate (now {rate:g}) in the train config and "
-            f"rerun to resume from {previous}"
+            f"training diverged: {what} at iteration {self.iteration} (no checkpoint of these "
+            f"weights written); lower learning_rate (now {self.learning_rate:g}) in the train "
+            f"config and rerun to resume from {previous}"
         )
 
-    def checkpoint() -> None:
-        nonlocal saved
-        if iteration > saved:
-            if not finite_weights(train_node.model):
-                raise diverged("the weights became NaN or infinite")
-            save_checkpoint(setup, iteration, train_node.model, train_node.optimizer)
-            saved = iteration
+    def checkpoint(self) -> None:
+        if self.iteration > self.saved:
+            if not finite_weights(self.node.model):
+                raise self._diverged("the weights became NaN or infinite")
+            save_checkpoint(self.setup, self.iteration, self.node.model, self.node.optimizer)
+            self.saved = self.iteration
 
-    bar = tqdm(
-        total=iterations, initial=done, desc="train", unit="it", disable=not progress,
-        dynamic_ncols=True,
-    )  # fmt: skip
-    try:
-        with stop.installed(), children_die_with_parent(), gp.build(pipeline):
-            iteration = saved = train_node.iteration  # = done: resumed by the driver
-            window = Window()
-            while iteration < iterations and not stop.requested:
-                try:
-                    batch = pipeline.request_batch(parts.request)
-                except Exception:
-                    if stop.requested:  # workers stopped by the same signal
-                        break
-                    raise
-                iteration = batch.iteration
-                last_loss = float(batch.loss)
-                if not math.isfinite(last_loss):
-                    raise diverged(f"the loss is {last_loss}")
-                values = {"loss": last_loss, **(parts.metrics(batch) if parts.metrics else {})}
-                window.add(values)
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-                if iteration % config.save_every == 0:
-                    checkpoint()
-                if parts.snapshot and iteration % config.snapshot_every == 0:
-                    write_snapshot(setup, iteration, parts.snapshot(batch))
-                if iteration % config.log_every == 0 or iteration == iterations:
-                    means = window.means()
-                    means["learning_rate"] = train_node.optimizer.param_groups[0]["lr"]
-                    for key, value in means.items():
-                        writer.add_scalar(key, value, iteration)
-                    writer.flush()
-                    upsert_run(db, run_dir, {
-                        "iteration": iteration, "last_loss": last_loss,
-                        "metrics": {k: float(v) for k, v in means.items()},
-                    })  # fmt: skip
-                    window = Window()
-            bar.close()
-            checkpoint()
-    except BaseException as error:
+    def _record_failure(self, error: BaseException) -> None:
         checkpoint_error = None
         try:
             if not isinstance(error, Diverged):  # the weights are broken: keep the last
-                checkpoint()
+                self.checkpoint()
         except Exception as failure:  # keep the original error
             checkpoint_error = str(failure)
         interrupted = isinstance(error, KeyboardInterrupt)
-        upsert_run(db, run_dir, {
-            "state": "interrupted" if interrupted else "failed", "iteration": saved,
-            "last_loss": last_loss, "error": None if interrupted else _describe(error),
+        self.record({
+            "state": "interrupted" if interrupted else "failed", "iteration": self.saved,
+            "last_loss": self.last_loss, "error": None if interrupted else _describe(error),
             "checkpoint_error": checkpoint_error,
         })  # fmt: skip
-        raise
-    finally:
-        bar.close()  # its last line ends before an error message
-        writer.close()
-    state = "finished" if iteration >= iterations else "interrupted"
-    upsert_run(db, run_dir, {
-        "state": state, "iteration": iteration, "last_loss": last_loss,
-        "stopped_by": stop.requested,
-    })  # fmt: skip
-    return TrainResult(done, iteration, state, last_loss)
 
 
 def _describe(error: BaseException) -> str:

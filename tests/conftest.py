@@ -24,6 +24,9 @@ from connecto.processes import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+NEUROPROOF = SHARED_DATA / "neuroproof_medulla_ts2" / "neuroproof_ts2_raw_gt.h5"
+MANC = SHARED_DATA / "manc_synapses"
+FAFB = SHARED_DATA / "synister_fafb_v3"
 CONNECTO = [sys.executable, "-m", "cli.main"]
 
 
@@ -126,3 +129,35 @@ def survivors(processes: list[psutil.Process], timeout_s: float) -> list[psutil.
     for process in alive:
         process.kill()
     return alive
+
+
+def require_shared_data(path: Path) -> Path:
+    """`path` of the shared real data (../shared/data). When it is absent the test fails
+    and says so: CI has the data, and a skip there would hide a broken feature. In a
+    checkout without it, CONNECTO_TEST_SKIP_MISSING_DATA=1 makes that a skip instead."""
+    if not path.exists():
+        message = f"the shared real data {path} is missing (see ../shared/data/PROVENANCE.md)"
+        if os.environ.get("CONNECTO_TEST_SKIP_MISSING_DATA") == "1":
+            pytest.skip(message)
+        pytest.fail(message)
+    return path
+
+
+@pytest.fixture
+def neuroproof_data() -> Path:
+    return require_shared_data(NEUROPROOF)
+
+
+@pytest.fixture
+def manc_data() -> Path:
+    return require_shared_data(MANC)
+
+
+@pytest.fixture
+def fafb_data() -> Path:
+    return require_shared_data(FAFB)
+
+
+needs_neuroproof = pytest.mark.usefixtures("neuroproof_data")
+needs_manc = pytest.mark.usefixtures("manc_data")
+needs_fafb = pytest.mark.usefixtures("fafb_data")

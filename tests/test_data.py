@@ -17,9 +17,7 @@ from connecto.data.ingest import DONE_ATTR, ingest
 from connecto.data.synthetic import class_properties, make_volume
 from connecto.data.viewer import plan_layers
 from connecto.data.volumes import normalize_raw, open_raw, read_crop
-from tests.conftest import SHARED_DATA
-
-NEUROPROOF = SHARED_DATA / "neuroproof_medulla_ts2" / "neuroproof_ts2_raw_gt.h5"
+from tests.conftest import NEUROPROOF, require_shared_data
 
 
 @pytest.fixture
@@ -37,8 +35,7 @@ def small_h5(tmp_path: Path) -> Path:
 
 
 def test_ingest_real_hdf5_through_the_cli(tmp_path: Path, connecto) -> None:
-    if not NEUROPROOF.is_file():
-        pytest.skip(f"shared data missing: {NEUROPROOF}")
+    require_shared_data(NEUROPROOF)
     out = tmp_path / "np.zarr"
     result = connecto("data", "ingest", NEUROPROOF, out, "--dataset", "volumes/raw")
     assert result.returncode == 0, result.stderr

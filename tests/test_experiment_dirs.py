@@ -10,9 +10,10 @@ import pytest
 from pymongo import MongoClient
 
 from connecto import ConnectoError
-from connecto.config import SynapsePredictConfig, SynapseTrainConfig
 from connecto.db.client import tracking_database
-from connecto.experiment import TrainSetup, find_setup, prepare_prediction, prepare_training
+from connecto.experiment import TrainSetup, find_setup, prepare_training
+from connecto.tasks.synapse_classification.config import SynapsePredictConfig, SynapseTrainConfig
+from connecto.tasks.synapse_classification.setups import prepare_prediction
 
 
 def test_prepare_training_creates_configs_and_refuses_twice(
@@ -284,7 +285,7 @@ def test_predict_refused_for_a_later_iteration_creates_none(
     """Several new setups are checked as a whole before the first is created."""
     train = train_setup_with_checkpoint(tmp_path, db_name)
     write_empty_checkpoint(train.checkpoint(20))
-    from connecto.predict import predict
+    from connecto.tasks.synapse_classification.predict import predict
 
     with pytest.raises(ConnectoError, match="has no split 'skeleton'"):
         predict(train.path, "test", [10, 20], progress=False)

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from connecto.processes import process_gone, process_record, worker_dies_with_parent
-from tests.conftest import CONNECTO, REPO, sigkill_when_ready, survivors
-from tests.test_segment import needs_neuroproof, write_config
+from tests.conftest import CONNECTO, REPO, needs_neuroproof, sigkill_when_ready, survivors
+from tests.tasks.segmentation.test_workflow import write_config
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's"

@@ -27,8 +27,8 @@ from connecto.data.synthetic import synthesize_synapses
 from connecto.data.viewer import plan_layers
 from connecto.data.volumes import open_raw
 from connecto.experiment import TrainSetup, prepare_training
-from connecto.pipelines.synapse import LABEL, RAW, batch_request, data_pipeline
 from connecto.splits import make_split
+from connecto.tasks.synapse_classification.pipeline import LABEL, RAW, batch_request, data_pipeline
 from connecto.train import train
 from tests.conftest import CONNECTO, run_connecto, sigkill_when_ready, survivors
 

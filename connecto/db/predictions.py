@@ -22,7 +22,7 @@ import json
 import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
@@ -30,16 +30,24 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from connecto import ConnectoError
-from connecto.config import SynapsePredictConfig
 from connecto.db.tracking import PREDICTIONS, ensure_indexes, git_commit, now, settle_vanished
-from connecto.names import check_name
+from connecto.names import check_name, predictions_database_name
 
 DUPLICATE_KEY = 11000
 CollectionState = Literal["empty", "incomplete", "complete"]
 
 
-def predictions_database_name(data_db: str) -> str:
-    return f"{data_db}_predictions"
+class PredictConfig(Protocol):
+    """What of a predict config names and identifies its collection."""
+
+    db_name_data: str
+    split_name: str
+    experiment: str
+    train_number: int
+    predict_number: int
+    train_checkpoint: str
+
+    def model_dump(self, *, mode: str) -> dict[str, Any]: ...
 
 
 def prediction_collection_name(
@@ -172,14 +180,14 @@ def list_prediction_runs(db: Database, experiment: str | None = None) -> list[di
     return settle_vanished(db[PREDICTIONS], list(found))
 
 
-def prediction_target(config: SynapsePredictConfig) -> tuple[str, str]:
+def prediction_target(config: PredictConfig) -> tuple[str, str]:
     """(database, collection) where a predict setup's predictions go."""
     return predictions_database_name(config.db_name_data), prediction_collection_name(
         config.split_name, config.experiment, config.train_number, config.predict_number
     )
 
 
-def collection_owner(setup_dir: Path, config: SynapsePredictConfig) -> dict[str, str]:
+def collection_owner(setup_dir: Path, config: PredictConfig) -> dict[str, str]:
     """What identifies the predict setup a collection belongs to."""
     dumped = json.dumps(config.model_dump(mode="json"), sort_keys=True)
     return {
@@ -189,7 +197,7 @@ def collection_owner(setup_dir: Path, config: SynapsePredictConfig) -> dict[str,
     }
 
 
-def refuse_foreign_collection(db: Database, setup_dir: Path, config: SynapsePredictConfig) -> None:
+def refuse_foreign_collection(db: Database, setup_dir: Path, config: PredictConfig) -> None:
     """Raise unless the setup's collection is unclaimed or already its own: resuming or
     overwriting another setup's collection would mix or destroy that setup's results."""
     database, name = prediction_target(config)

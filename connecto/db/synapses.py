@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from bson.int64 import Int64
 from pymongo import UpdateOne
@@ -27,6 +27,7 @@ from pymongo.errors import AutoReconnect, PyMongoError
 from tqdm import tqdm
 
 from connecto import ConnectoError
+from connecto.config import SplitPart
 from connecto.db.client import RETRIES, brief_error, retry_write
 from connecto.db.import_journal import ImportJournal, recover_imports
 from connecto.db.schema import HEMILINEAGES, SKELETONS, SYNAPSES, init_database
@@ -49,7 +50,7 @@ __all__ = [
     "write_synapse_data",
 ]
 
-PARTS = ("train", "validation", "test")
+PARTS: tuple[str, ...] = get_args(SplitPart)
 ID_FIELD = {SYNAPSES: "synapse_id", SKELETONS: "skeleton_id", HEMILINEAGES: "hemilineage_id"}
 MAX_LISTED = 20
 WRITE_CHUNK = 2000  # short server calls: progress, and little to redo after a dropped link

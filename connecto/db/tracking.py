@@ -43,12 +43,40 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
+_indexed: set[tuple[int, str]] = set()
+
+
 def ensure_indexes(db: Database) -> None:
+    """Create the tracking indexes, once per client and database: `upsert_run` calls this
+    at every logging step of a training."""
+    key = (id(db.client), db.name)
+    if key in _indexed:
+        return
     db[EXPERIMENTS].create_index([("base", ASCENDING), ("name", ASCENDING)], unique=True)
     db[RUNS].create_index("setup_dir", unique=True)
     db[PREDICTIONS].create_index("setup_dir", unique=True)
     db[JOBS].create_index([("scheduler", ASCENDING), ("job_id", ASCENDING)])
     db[SCORES].create_index([("kind", ASCENDING), ("key", ASCENDING)], unique=True)
+    _indexed.add(key)
+
+
+def store_score(
+    db: Database, kind: str, key: str, fields: dict[str, Any], replace: bool = False
+) -> dict[str, Any]:
+    """Upsert the `scores` document of (`kind`, `key`): set `fields`, or with `replace`
+    make them the whole document. Returns the document as written."""
+    ensure_indexes(db)
+    document = {"kind": kind, "key": key, **fields, "updated": now()}
+    selector = {"kind": kind, "key": key}
+    if replace:
+        db[SCORES].replace_one(selector, document, upsert=True)
+    else:
+        db[SCORES].update_one(selector, {"$set": document}, upsert=True)
+    return document
+
+
+def find_score(db: Database, kind: str, key: str) -> dict[str, Any] | None:
+    return db[SCORES].find_one({"kind": kind, "key": key})
 
 
 def register_experiment(db: Database, base: str, name: str) -> dict[str, Any]:

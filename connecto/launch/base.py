@@ -37,8 +37,7 @@ class Task:
 
     @property
     def exit_path(self) -> Path:
-        """Where the job writes its command's exit code (read when the scheduler forgot it)."""
-        return self.log_path.with_suffix(".exit")
+        return exit_path(self.log_path)
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,16 @@ def collect_mounts(task: Task, mount_dirs: list[str]) -> dict[str, str]:
     for path in (*task.mounts, task.workdir):
         mounts[str(Path(path).resolve())] = "rw"
     return dict(sorted(mounts.items()))
+
+
+def exit_path(log_path: str | Path) -> Path:
+    """Where a job writes its command's exit code (read when the scheduler forgot it)."""
+    return Path(log_path).with_suffix(".exit")
+
+
+def job_exit_code(job: Mapping[str, object]) -> int | None:
+    """The exit code a job document's command wrote, if it has ended."""
+    return read_exit_file(exit_path(str(job["log_path"])))
 
 
 def read_exit_file(path: Path) -> int | None:

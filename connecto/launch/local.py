@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
+import sysconfig
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,8 @@ from connecto.launch.base import (
     Status,
     Task,
     final_status,
+    job_exit_code,
     job_script,
-    read_exit_file,
     write_env_file,
 )
 from connecto.processes import pid_alive, process_gone, process_record, process_start
@@ -41,8 +41,15 @@ def process_alive(record: object, pid: int) -> bool | None:
 
 
 def connecto_argv() -> list[str]:
-    """This installation's `connecto` command (the interpreter running now)."""
-    return [sys.executable, "-m", "cli.main"]
+    """This installation's `connecto` command: the script installed beside the running
+    interpreter, so a job runs the same installation whatever its PATH says."""
+    script = Path(sysconfig.get_path("scripts")) / "connecto"
+    if not script.is_file():
+        raise ConnectoError(
+            f"{script}: no `connecto` command beside this Python; install connecto "
+            "(`make install`, or `pip install -e .`)"
+        )
+    return [str(script)]
 
 
 def resolve_command(command: Sequence[str]) -> list[str]:
@@ -116,7 +123,7 @@ class LocalScheduler:
             host, _, pid = job_id.rpartition(":")
             if host != socket.gethostname():
                 continue  # only the host that runs it can tell
-            exit_code = read_exit_file(Path(str(job["log_path"])).with_suffix(".exit"))
+            exit_code = job_exit_code(job)
             if exit_code is not None:
                 out[job_id] = final_status(exit_code, bool(job.get("cancel_requested")))
                 continue

@@ -13,8 +13,8 @@ from connecto.launch.base import (
     Status,
     Task,
     final_status,
+    job_exit_code,
     job_script,
-    read_exit_file,
     write_env_file,
 )
 from connecto.launch.slurm import failure, run
@@ -108,7 +108,7 @@ class LsfScheduler:
                 out[job_id] = final_status(int(code) if code.isdigit() else None, cancelled)
         for job_id, job in wanted.items():
             if job_id not in out:
-                code = read_exit_file(Path(str(job["log_path"])).with_suffix(".exit"))
+                code = job_exit_code(job)
                 if code is not None:
                     out[job_id] = final_status(code, bool(job.get("cancel_requested")))
         return out

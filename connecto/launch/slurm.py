@@ -15,8 +15,8 @@ from connecto.launch.base import (
     Status,
     Task,
     final_status,
+    job_exit_code,
     job_script,
-    read_exit_file,
     write_env_file,
 )
 
@@ -125,7 +125,7 @@ class SlurmScheduler:
         for job_id in missing:
             if job_id not in found:
                 # Neither the controller nor accounting knows it: the job's own exit file.
-                code = read_exit_file(Path(str(wanted[job_id]["log_path"])).with_suffix(".exit"))
+                code = job_exit_code(wanted[job_id])
                 if code is not None:
                     found[job_id] = final_status(code, bool(wanted[job_id].get("cancel_requested")))
         return found

@@ -1,0 +1,187 @@
+"""The configs of neuron segmentation: `train_config.toml` (`SegmentationTrainConfig`,
+MTLSD training) and `segment_config.toml` (`SegmentConfig`, what `connecto segment`
+reads; relative paths are relative to the config file's directory, which also holds the
+logs and lookup tables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from funlib.geometry import Roi
+from pydantic import Field, model_validator
+
+from connecto import ConnectoError
+from connecto.config import ConfigModel, PositiveInt, Shape3, load_config
+from connecto.postprocess.agglomerate import MERGE_FUNCTIONS
+
+NonNegativeInt = Annotated[int, Field(ge=0)]
+MergeFunction = Literal[tuple(MERGE_FUNCTIONS)]  # type: ignore[valid-type]
+
+NAME = "segmentation"
+STEPS = ("predict", "fragments", "agglomerate", "extract", "evaluate")
+CONFIG_NAME = "segment_config.toml"
+
+
+class SegmentationTrainConfig(ConfigModel):
+    """Affinities + LSDs (MTLSD) training; the segmentation pipeline reads it."""
+
+    task: Literal["segmentation"] = "segmentation"
+    raw_container: str
+    raw_dataset: str = "volumes/raw"
+    labels_dataset: str = "volumes/labels/neuron_ids"
+    unlabelled_dataset: str | None = None
+    voxel_size: Shape3 = (10, 10, 10)
+    train_roi: list[list[int]] | None = Field(
+        default=None, description="[[z, y, x] offset nm, [z, y, x] shape nm]"
+    )
+    validation_roi: list[list[int]] | None = None
+    test_roi: list[list[int]] | None = None
+    neighborhood: list[Shape3] = Field(default_factory=lambda: [(1, 0, 0), (0, 1, 0), (0, 0, 1)])
+    lsds: bool = True
+    lsd_sigma: float = Field(default=80.0, gt=0, description="LSD gaussian sigma in nm")
+    input_shape: Shape3 = (76, 76, 76)
+    output_shape: Shape3 | None = Field(
+        default=None, description="None: computed from input_shape (valid convolutions)"
+    )
+    fmaps: PositiveInt = 12
+    fmap_inc_factor: PositiveInt = 5
+    downsample_factors: list[Shape3] = Field(default_factory=lambda: [(2, 2, 2), (2, 2, 2)])
+    grow_boundary: Annotated[int, Field(ge=0)] = 1
+    batch_size: PositiveInt = 1
+    learning_rate: float = Field(default=5e-5, gt=0)
+    save_every: PositiveInt = 1000
+    snapshot_every: PositiveInt = 1000
+    log_every: PositiveInt = 10
+    augment: bool = True
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> SegmentationTrainConfig:
+        from connecto.tasks.segmentation.model import output_shape
+
+        try:
+            computed = output_shape(self.input_shape, self.downsample_factors)
+        except ConnectoError as error:
+            raise ValueError(str(error)) from None
+        if self.output_shape is not None and tuple(self.output_shape) != computed:
+            raise ValueError(
+                f"output_shape {tuple(self.output_shape)} differs from the network's "
+                f"{computed} for input_shape {tuple(self.input_shape)}"
+            )
+        rois = {k: getattr(self, k) for k in ("train_roi", "validation_roi", "test_roi")}
+        given = {k: v for k, v in rois.items() if v is not None}
+        for key, value in given.items():
+            if len(value) != 2 or any(len(part) != 3 for part in value):
+                raise ValueError(f"{key} must be [[z, y, x] offset, [z, y, x] shape] in nm")
+        names = list(given)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                (a0, ashape), (b0, bshape) = given[first], given[second]
+                if all(a < b + bs and b < a + as_ for a, as_, b, bs in
+                       zip(a0, ashape, b0, bshape, strict=True)):  # fmt: skip
+                    raise ValueError(f"{first} and {second} overlap: they must be disjoint")
+        return self
+
+    @property
+    def network_output_shape(self) -> tuple[int, int, int]:
+        from connecto.tasks.segmentation.model import output_shape
+
+        return output_shape(self.input_shape, self.downsample_factors)  # type: ignore[return-value]
+
+
+TrainConfig = SegmentationTrainConfig
+
+
+class SegmentConfig(ConfigModel):
+    """Blockwise prediction, fragments, agglomeration, extraction and evaluation."""
+
+    # inputs
+    raw_container: str | None = Field(default=None, description="zarr/N5 with raw (predict)")
+    raw_dataset: str = "volumes/raw"
+    labels_container: str | None = Field(
+        default=None, description="ground truth (zarr, N5 or HDF5) for evaluate/gt-affinities"
+    )
+    labels_dataset: str = "volumes/labels/neuron_ids"
+    checkpoint: str | None = Field(default=None, description="model_checkpoint_<it> (predict)")
+    # outputs
+    output_container: str = "segment.zarr"
+    affs_dataset: str = "affs"
+    lsds_dataset: str = "lsds"
+    fragments_dataset: str = "fragments"
+    segmentation_dataset: str = "segmentation"
+    roi: list[list[int]] | None = Field(
+        default=None, description="[[z, y, x] offset nm, [z, y, x] shape nm]; None: all"
+    )
+    # blockwise processing
+    neighborhood: list[Shape3] = Field(default_factory=lambda: [(1, 0, 0), (0, 1, 0), (0, 0, 1)])
+    block_size: Shape3 = (64, 64, 64)
+    context: Shape3 = (8, 8, 8)
+    num_workers: PositiveInt = 2
+    # fragments: the LSD pipeline's watershed on the boundary distance (see
+    # connecto.postprocess.fragments), or mutex watershed on affinities + bias
+    fragments_method: Literal["watershed", "mutex_watershed"] = "watershed"
+    min_seed_distance: PositiveInt = Field(
+        default=4, description="voxels between watershed seeds (maxima of the boundary distance)"
+    )
+    boundary_threshold: Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.5, description="mean nearest-neighbour affinity above which a voxel is inside"
+    )
+    fragments_in_xy: bool = Field(
+        default=False, description="2D fragments per section (anisotropic data)"
+    )
+    epsilon_agglomerate: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0, description="merge fragments inside each block below this score first"
+    )
+    min_fragment_size: NonNegativeInt = Field(
+        default=0, description="voxels; smaller fragments join their nearest neighbour"
+    )
+    # mutex watershed: bias added to the affinities (negative: prefer splitting)
+    fragments_bias: Annotated[float, Field(ge=-1, le=0)] = -0.5
+    long_range_bias: Annotated[float, Field(ge=-1, le=0)] = Field(
+        default=-0.8, description="bias of the long-range channels (offsets beyond one voxel)"
+    )
+    # the segment graph
+    db_name: str = "connecto_segments"
+    graph: str = Field(default="segment", description="collection prefix: one graph per volume")
+    merge_function: MergeFunction = Field(
+        default="mean",
+        description="mean: hierarchical agglomeration by mean boundary affinity over the "
+        "whole graph (exact); hist_quant_<q>: waterz per block with context (LSD)",
+    )
+    agglomeration: Literal["connected_components", "mutex_watershed"] = Field(
+        default="connected_components",
+        description="merge below the threshold (components), or mutex watershed on "
+        "threshold - merge_score (edges above the threshold keep segments apart)",
+    )
+    thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SegmentConfig:
+        if self.roi is not None and (len(self.roi) != 2 or any(len(r) != 3 for r in self.roi)):
+            raise ValueError("roi must be [[z, y, x] offset, [z, y, x] shape] in nm")
+        if len(set(self.thresholds)) != len(self.thresholds):
+            raise ValueError(f"thresholds {self.thresholds} has duplicates")
+        return self
+
+    @property
+    def total_roi(self) -> Roi | None:
+        return None if self.roi is None else Roi(self.roi[0], self.roi[1])
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.graph}_"
+
+
+def load_segment_config(path: Path) -> tuple[SegmentConfig, Path]:
+    """The config with its relative paths made absolute, and its directory."""
+    path = path.resolve()
+    config = load_config(path, SegmentConfig)
+    base = path.parent
+    for key in ("raw_container", "labels_container", "checkpoint", "output_container"):
+        value = getattr(config, key)
+        if value is not None:
+            setattr(config, key, str(base / value))  # an absolute value stays as it is
+    return config, base

@@ -1,0 +1,200 @@
+"""The MTLSD training pipeline (affinities + local shape descriptors, Sheridan et al.
+2023) in gunpowder: random locations inside the train ROI, optional augmentation,
+boundaries grown between labels, LSDs (`lsd.train.gp.AddLocalShapeDescriptor`),
+affinities of the configured neighbourhood with class-balancing weights, and an optional
+`unlabelled` mask so sparse labels train only where labelled.
+
+Raw is normalised as everywhere else (`connecto.data.volumes`): [0, 1] for the
+augmentations, then [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import gunpowder as gp
+import numpy as np
+import torch
+from funlib.geometry import Roi
+from funlib.persistence import Array
+from lsd.train.gp import AddLocalShapeDescriptor
+
+from connecto import ConnectoError
+from connecto.config import WorkerConfig
+from connecto.data.volumes import RAW_SCALE, RAW_SHIFT, open_raw, raw_scale
+from connecto.tasks.parts import TaskParts
+from connecto.tasks.segmentation.config import SegmentationTrainConfig
+from connecto.tasks.segmentation.model import MtlsdLoss, build_mtlsd
+
+RAW = gp.ArrayKey("RAW")
+LABELS = gp.ArrayKey("LABELS")
+UNLABELLED = gp.ArrayKey("UNLABELLED")
+GT_LSDS = gp.ArrayKey("GT_LSDS")
+LSDS_WEIGHTS = gp.ArrayKey("LSDS_WEIGHTS")
+GT_AFFS = gp.ArrayKey("GT_AFFS")
+GT_AFFS_MASK = gp.ArrayKey("GT_AFFS_MASK")
+AFFS_WEIGHTS = gp.ArrayKey("AFFS_WEIGHTS")
+PRED_LSDS = gp.ArrayKey("PRED_LSDS")
+PRED_AFFS = gp.ArrayKey("PRED_AFFS")
+CACHE_SIZE_PER_WORKER = 4
+
+
+def _roi(value: list[list[int]] | None, key: str, volume: Array, source: str) -> Roi:
+    if value is None:
+        return volume.roi
+    roi = Roi(value[0], value[1])
+    if not volume.roi.contains(roi):
+        raise ConnectoError(
+            f"{source}: key '{key}' = {value} is not inside the volume {volume.roi}"
+        )
+    return roi
+
+
+def augmentations(config: SegmentationTrainConfig) -> gp.BatchFilter:
+    """Elastic deformation, mirrors/transposes and intensity changes; in-plane only
+    where the downsampling keeps z (anisotropic data)."""
+    anisotropic = all(f[0] == 1 for f in config.downsample_factors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        elastic = gp.ElasticAugment(
+            control_point_spacing=(4, 10, 10) if anisotropic else (10, 10, 10),
+            jitter_sigma=(0, 2, 2) if anisotropic else (2, 2, 2),
+            rotation_interval=(0, math.pi / 2),
+            subsample=4,
+        )
+        intensity = gp.IntensityAugment(RAW, 0.9, 1.1, -0.1, 0.1, z_section_wise=anisotropic)
+    axes = [1, 2] if anisotropic else None
+    return elastic + gp.SimpleAugment(mirror_only=axes, transpose_only=axes) + intensity
+
+
+def data_pipeline(
+    config: SegmentationTrainConfig, raw: Array, labels: Array, unlabelled: Array | None,
+    train_roi: Roi, cache_workers: int = 0,
+) -> gp.Pipeline:  # fmt: skip
+    """Batches of RAW, GT_LSDS, LSDS_WEIGHTS, GT_AFFS, AFFS_WEIGHTS."""
+    voxel_size = gp.Coordinate(config.voxel_size)
+    # labels are zero-padded by what the LSD gaussian (3 sigma) and the affinity offsets
+    # read beyond the network's context, so outputs reach the train ROI's border
+    reach = max(abs(o) for offset in config.neighborhood for o in offset)
+    lsd_reach = math.ceil(3 * config.lsd_sigma / min(voxel_size)) if config.lsds else 0
+    context = (
+        (gp.Coordinate(config.input_shape) - gp.Coordinate(config.network_output_shape)) / 2
+        + gp.Coordinate((reach + lsd_reach,) * 3)
+    ) * voxel_size
+    sources = [
+        gp.ArraySource(RAW, raw, interpolatable=True)
+        + gp.Normalize(RAW, factor=raw_scale(raw.dtype))
+        + gp.Pad(RAW, None),
+        gp.ArraySource(LABELS, labels, interpolatable=False)
+        + gp.Crop(LABELS, train_roi)
+        + gp.Pad(LABELS, context),
+    ]
+    if unlabelled is not None:
+        sources.append(
+            gp.ArraySource(UNLABELLED, unlabelled, interpolatable=False)
+            + gp.Crop(UNLABELLED, train_roi)
+            + gp.Pad(UNLABELLED, context)
+        )
+    pipeline = tuple(sources) + gp.MergeProvider() + gp.RandomLocation()
+    if config.augment:
+        pipeline += augmentations(config)
+    mask = UNLABELLED if unlabelled is not None else None
+    anisotropic = all(f[0] == 1 for f in config.downsample_factors)
+    if config.grow_boundary:
+        pipeline += gp.GrowBoundary(LABELS, mask=mask, steps=config.grow_boundary,
+                                    only_xy=anisotropic)  # fmt: skip
+    if config.lsds:
+        pipeline += AddLocalShapeDescriptor(
+            LABELS, GT_LSDS, lsds_mask=LSDS_WEIGHTS, unlabelled=mask, sigma=config.lsd_sigma,
+            downsample=2,
+        )  # fmt: skip
+    pipeline += gp.AddAffinities(
+        config.neighborhood, LABELS, GT_AFFS, unlabelled=mask, affinities_mask=GT_AFFS_MASK,
+        dtype=np.float32,
+    )  # fmt: skip
+    pipeline += gp.BalanceLabels(GT_AFFS, AFFS_WEIGHTS, mask=GT_AFFS_MASK)
+    pipeline += gp.IntensityScaleShift(RAW, RAW_SCALE, RAW_SHIFT)
+    pipeline += gp.Stack(config.batch_size)
+    if cache_workers > 0:
+        pipeline += gp.PreCache(
+            cache_size=CACHE_SIZE_PER_WORKER * cache_workers, num_workers=cache_workers
+        )
+    return pipeline
+
+
+def batch_request(config: SegmentationTrainConfig, with_unlabelled: bool) -> gp.BatchRequest:
+    voxel_size = gp.Coordinate(config.voxel_size)
+    input_size = gp.Coordinate(config.input_shape) * voxel_size
+    output_size = gp.Coordinate(config.network_output_shape) * voxel_size
+    offset = (input_size - output_size) / 2
+    request = gp.BatchRequest()
+    request[RAW] = gp.ArraySpec(roi=gp.Roi((0, 0, 0), input_size))
+    keys = [LABELS, GT_AFFS, AFFS_WEIGHTS, GT_AFFS_MASK, PRED_AFFS]
+    keys += [GT_LSDS, LSDS_WEIGHTS, PRED_LSDS] if config.lsds else []
+    keys += [UNLABELLED] if with_unlabelled else []
+    for key in keys:
+        request[key] = gp.ArraySpec(roi=gp.Roi(offset, output_size))
+    return request
+
+
+@dataclass
+class SegmentationSnapshot:
+    """What `snapshots/batch_<it>.zarr` holds: raw, labels, target and predicted
+    affinities (and LSDs), each with its voxel size and offset."""
+
+    voxel_size: tuple[int, ...]
+    keys: tuple[tuple[str, gp.ArrayKey], ...]
+
+    def __call__(self, batch: gp.Batch) -> dict[str, tuple[np.ndarray, dict]]:
+        out = {}
+        for name, key in self.keys:
+            array = batch[key]
+            attrs = {
+                "voxel_size": list(self.voxel_size),
+                "offset": [int(o) for o in array.spec.roi.offset],
+            }
+            out[name] = (np.asarray(array.data), attrs)
+        return out
+
+
+def task_parts(config: SegmentationTrainConfig, worker: WorkerConfig, source: str) -> TaskParts:
+    """Everything the training driver needs for MTLSD; every check runs here first."""
+    raw = open_raw(config.raw_container, config.raw_dataset)
+    labels = open_raw(config.raw_container, config.labels_dataset)
+    unlabelled = (
+        open_raw(config.raw_container, config.unlabelled_dataset)
+        if config.unlabelled_dataset else None
+    )  # fmt: skip
+    for name, volume in (("raw", raw), ("labels", labels)):
+        if tuple(volume.voxel_size) != tuple(config.voxel_size):
+            raise ConnectoError(
+                f"{source}: key 'voxel_size' = {list(config.voxel_size)} does not match the "
+                f"voxel size {list(volume.voxel_size)} of the {name} dataset"
+            )
+    train_roi = _roi(config.train_roi, "train_roi", labels, source)
+    model = build_mtlsd(config)
+    pipeline = data_pipeline(config, raw, labels, unlabelled, train_roi, worker.num_cache_workers)
+    request = batch_request(config, unlabelled is not None)
+    output_spec = gp.ArraySpec(voxel_size=gp.Coordinate(config.voxel_size))
+    outputs = {1: PRED_AFFS}
+    loss_inputs = {"affs": PRED_AFFS, "gt_affs": GT_AFFS, "affs_weights": AFFS_WEIGHTS}
+    snapshot_keys = [("raw", RAW), ("labels", LABELS), ("gt_affs", GT_AFFS),
+                     ("pred_affs", PRED_AFFS)]  # fmt: skip
+    if config.lsds:
+        outputs[0] = PRED_LSDS
+        loss_inputs.update(lsds=PRED_LSDS, gt_lsds=GT_LSDS, lsds_weights=LSDS_WEIGHTS)
+        snapshot_keys += [("gt_lsds", GT_LSDS), ("pred_lsds", PRED_LSDS)]
+    return TaskParts(
+        model=model,
+        loss=MtlsdLoss(),
+        optimizer=torch.optim.Adam(model.parameters(), lr=config.learning_rate),
+        pipeline=pipeline,
+        request=request,
+        inputs={"raw": RAW},
+        outputs=outputs,
+        loss_inputs=loss_inputs,
+        array_specs={key: output_spec.copy() for key in outputs.values()},
+        snapshot=SegmentationSnapshot(tuple(config.voxel_size), tuple(snapshot_keys)),
+    )
