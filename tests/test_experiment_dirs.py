@@ -296,10 +296,10 @@ def test_predict_refused_for_a_later_iteration_creates_none(
 def test_prepare_prediction_failing_write_takes_back_every_setup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import connecto.experiment as experiment
+    import connecto.tasks.synapse_classification.setups as setups
 
     train, _, _ = prepare_training(tmp_path, "exp", 0)
-    write = experiment.write_config
+    write = setups.write_config
     writes: list[Path] = []
 
     def write_then_fail(path: Path, config: object) -> None:
@@ -308,7 +308,7 @@ def test_prepare_prediction_failing_write_takes_back_every_setup(
             raise ConnectoError("disk full")
         write(path, config)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(experiment, "write_config", write_then_fail)
+    monkeypatch.setattr(setups, "write_config", write_then_fail)
     with pytest.raises(ConnectoError, match="disk full"):
         prepare_prediction(train, [10, 20])
     assert not (tmp_path / "exp" / "03_predict").exists()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from connecto.models.vgg3d import build_vgg3d
 from pymongo import MongoClient
 
 from connecto import ConnectoError
 from connecto.experiment import PREDICT_DIR, prepare_training
+from connecto.tasks.synapse_classification.model import build_vgg3d
 from connecto.train import train
 from tests import test_train
 from tests.conftest import run_connecto

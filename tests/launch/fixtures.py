@@ -101,7 +101,7 @@ def interrupt_waiting_driver(
 ) -> tuple[dict[str, Any], int, str]:
     """Run `connecto jobs run --wait ARGS`, press Ctrl-C once its job runs; returns the
     job document as it was when running, the driver's exit code and its stderr."""
-    from conftest import CONNECTO
+    from tests.conftest import CONNECTO
 
     driver = subprocess.Popen(
         [*CONNECTO, "jobs", "run", "--wait", *args],
