@@ -10,8 +10,9 @@ import uuid
 from pathlib import Path
 
 from connecto.db.client import get_client
-from connecto.db.schema import init_database
-from connecto.db.synapses import SKELETONS, SYNAPSES, import_csv, read_synapse_csvs
+from connecto.db.schema import SKELETONS, SYNAPSES, init_database
+from connecto.db.synapse_import import import_csv
+from connecto.db.synapse_readers import read_synapse_csvs
 
 MANC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "manc_synapses"
 FILES = ["acetylcholine.csv", "gaba.csv", "glutamate.csv", "others.csv"]

@@ -9,7 +9,8 @@ import uuid
 from pathlib import Path
 
 from connecto.db.client import get_client
-from connecto.db.synapses import PARTS, import_csv
+from connecto.db.synapse_import import import_csv
+from connecto.db.synapses import PARTS
 from connecto.splits import plan_split, write_split
 
 MANC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "manc_synapses"

@@ -20,7 +20,13 @@ def _triple(text: str | None, option: str) -> tuple[int, int, int] | None:
     try:
         values = tuple(int(p) for p in parts)
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected Z,Y,X integers", param_hint=option) from None
+        whole = "" if option == "--chunks" else (
+            " (coordinates are whole nm: for 4.6 nm give a rounded value, or every size and "
+            "position in a finer unit, e.g. 46 in Å)"
+        )  # fmt: skip
+        raise typer.BadParameter(
+            f"{text!r}: expected Z,Y,X integers{whole}", param_hint=option
+        ) from None
     if len(values) != 3:
         raise typer.BadParameter(f"{text!r}: expected three values Z,Y,X", param_hint=option)
     return values  # type: ignore[return-value]
@@ -33,10 +39,14 @@ def ingest_command(
     datasets: list[str] = typer.Option(
         [],
         "--dataset",
-        help="HDF5 dataset (repeatable; default all 3D ones); name for a TIFF stack (default raw)",
+        help="HDF5 dataset, or SOURCE:DESTINATION to store it under another name (e.g. "
+        "stack:volumes/raw); repeatable; default all 3D ones. Name for a TIFF stack (default raw)",
     ),
     voxel_size: str | None = typer.Option(
-        None, "--voxel-size", help="Z,Y,X nm (default: the HDF5 resolution attribute)"
+        None,
+        "--voxel-size",
+        help="Z,Y,X whole nm (default: the HDF5 resolution attribute; a fractional one, "
+        "e.g. 4.6, is refused, never truncated)",
     ),
     offset: str | None = typer.Option(
         None, "--offset", help="Z,Y,X nm (default: the HDF5 offset attribute, else 0)"

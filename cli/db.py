@@ -8,20 +8,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connecto.db.admin import describe_server
-from connecto.db.client import connect, get_database, resolve_uri
+from connecto.db.admin import server_status, start_embedded, stop_embedded
+from connecto.db.client import get_database
 from connecto.db.import_journal import recover_imports
 from connecto.db.schema import init_database
-from connecto.db.server import LocalServer
-from connecto.db.synapses import (
-    PARTS,
-    export_synister,
-    import_csv,
-    import_synister,
-    parse_voxel_size,
-    synapse_stats,
-)
-from connecto.settings import load_settings, redact_uri
+from connecto.db.synapse_import import import_csv, import_synister
+from connecto.db.synapse_readers import parse_voxel_size
+from connecto.db.synapses import PARTS, export_synister, synapse_stats
 
 app = typer.Typer(
     help="MongoDB: the embedded local server, imports, stats, exports.", no_args_is_help=True
@@ -32,48 +25,38 @@ console = Console()
 @app.command()
 def up() -> None:
     """Start the embedded MongoDB-compatible server (data under the data directory)."""
-    settings = load_settings()
-    state, started = LocalServer(settings.data_dir).start()
-    verb = "started" if started else "already running"
+    server = start_embedded()
+    verb = "started" if server.started else "already running"
     typer.echo(
-        f"embedded MongoDB server {verb} at {state.uri} (pid {state.pid}, "
-        f"data in {settings.data_dir / 'mongo'})"
+        f"embedded MongoDB server {verb} at {server.uri} (pid {server.pid}, data in {server.data})"
     )
-    if settings.mongo_uri:
-        typer.echo(
-            f"note: CONNECTO_MONGO_URI is set ({redact_uri(settings.mongo_uri)}); "
-            "connecto uses that server, not this one"
-        )
+    if server.overridden_by:
+        typer.echo(f"note: {server.overridden_by}; connecto uses that server, not this one")
 
 
 @app.command()
 def down() -> None:
     """Stop the embedded server; its data stays for the next `db up`."""
-    settings = load_settings()
-    stopped = LocalServer(settings.data_dir).stop()
     typer.echo(
-        "embedded MongoDB server stopped" if stopped else "embedded MongoDB server was not running"
+        "embedded MongoDB server stopped"
+        if stop_embedded()
+        else "embedded MongoDB server was not running"
     )
 
 
 @app.command()
 def status() -> None:
     """Show the server connecto uses: URI, version, databases and collection counts."""
-    settings = load_settings()
-    configured = bool(settings.mongo_uri or settings.mongo_credentials)
-    if not configured and LocalServer(settings.data_dir).state() is None:
+    server = server_status()
+    if server.uri is None:
         typer.echo(
             "embedded MongoDB server: not running (`connecto db up` starts it; "
             "any command that needs it starts it too)"
         )
-        raise typer.Exit(0)
-    uri = resolve_uri(settings)
-    client = connect(uri, settings.mongo_timeout_s)
-    described = describe_server(client)
-    kind = "configured" if configured else "embedded"
-    typer.echo(f"server: {redact_uri(uri)} ({kind}), version {described['version']}")
+        return
+    typer.echo(f"server: {server.uri} ({server.kind}), version {server.version}")
     table = Table("database", "collection", "documents")
-    for name, collections in described["databases"].items():
+    for name, collections in server.databases.items():
         for collection, count in collections.items() or [("(empty)", 0)]:
             table.add_row(name, collection, str(count))
     console.print(table)

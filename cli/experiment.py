@@ -49,7 +49,12 @@ def prepare_prediction_command(
     base: Path = BASE,
     experiment: str = EXPERIMENT,
     train_id: int = TRAIN_ID,
-    iterations: list[int] = typer.Option(..., "-i", "--iterations", help="checkpoint iterations"),
+    iterations: list[int] = typer.Option(
+        ..., "-i", "--iterations", help="checkpoint iterations: -i A B or -i A -i B"
+    ),
+    more_iterations: list[int] = typer.Argument(
+        None, metavar="IT", help="more checkpoint iterations, after -i A", show_default=False
+    ),
     split: str = typer.Option("test", "--split", help="split part: validation or test"),
     validation: bool = typer.Option(
         False, "-v", help="synister's flag: same as --split validation"
@@ -61,8 +66,9 @@ def prepare_prediction_command(
         raise typer.BadParameter(f"{split!r}: expected validation or test", param_hint="--split")
     setup = TrainSetup(base.resolve(), experiment, train_id)
     created = prepare_prediction(
-        setup, iterations, "validation" if validation else split, overwrite
-    )
+        setup, [*iterations, *(more_iterations or [])], "validation" if validation else split,
+        overwrite,
+    )  # fmt: skip
     for predict_setup, config in created:
         typer.echo(
             f"prepared {predict_setup.path} (iteration {config.iteration}, {config.split_part})"
@@ -71,10 +77,20 @@ def prepare_prediction_command(
 
 def runs_command(
     experiment: str | None = typer.Option(None, "-e", "--experiment", help="only this experiment"),
+    all_runs: bool = typer.Option(
+        False, "--all", help="every run, also inside an experiment directory"
+    ),
 ) -> None:
-    """List the tracked training runs."""
-    table = Table("experiment", "train", "task", "state", "iteration", "updated", "setup")
-    for run in list_runs(tracking_database(), experiment):
+    """List the tracked training runs: inside an experiment directory (or a setup in it)
+    only that experiment's, elsewhere all (--all: all anywhere)."""
+    within = None if all_runs or experiment else Path.cwd()
+    runs = list_runs(tracking_database(), experiment, within)
+    where = {str(Path(run.get("base", "?"), run.get("experiment", "?"))) for run in runs}
+    table = Table(
+        "experiment", "train", "task", "state", "iteration", "updated", "setup",
+        title=f"runs of {where.pop()}" if len(where) == 1 else None,
+    )  # fmt: skip
+    for run in runs:
         updated = run.get("updated")
         table.add_row(
             run.get("experiment", "?"), str(run.get("train_id", "?")), str(run.get("task")),

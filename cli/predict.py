@@ -12,7 +12,16 @@ def predict_command(
         None, "--split", help="split part: validation or test (a predict setup knows its own)"
     ),
     iterations: list[int] = typer.Option(
-        [], "-i", "--iterations", help="checkpoint iterations (default: the latest)"
+        [],
+        "-i",
+        "--iterations",
+        help="checkpoint iterations (default: the latest): --iterations A B or -i A -i B",
+    ),
+    more_iterations: list[int] = typer.Argument(
+        None,
+        metavar="IT",
+        help="more checkpoint iterations, after --iterations A",
+        show_default=False,
     ),
     all_checkpoints: bool = typer.Option(
         False, "--all-checkpoints", help="every checkpoint of the train setup"
@@ -33,15 +42,22 @@ def predict_command(
 ) -> None:
     """Predict every synapse of a split part, run in a train setup (one predict setup per
     checkpoint, created or reused) or in a predict setup. An interrupted run resumes."""
+    if more_iterations and not iterations:
+        raise typer.BadParameter(
+            f"{' '.join(map(str, more_iterations))}: iterations come after --iterations/-i "
+            "(--iterations A B)",
+            param_hint="IT",
+        )
+    iterations = [*iterations, *(more_iterations or [])]
     if submit:
         from cli.jobs import report_jobs
-        from connecto.launch.submit import submit_here
+        from connecto.launch.submit import submit_rerun
 
-        args = ["predict", *(["--split", split] if split else [])]
-        args += [a for it in iterations for a in ("-i", str(it))]
-        args += ["--all-checkpoints"] * all_checkpoints + ["--overwrite"] * overwrite
-        args += ["-w", str(workers), *(["-b", str(batch_size)] if batch_size else [])]
-        report_jobs(submit_here(args, Path.cwd(), wait), waited=wait)
+        options = {
+            "split": split, "iterations": iterations, "all_checkpoints": all_checkpoints,
+            "overwrite": overwrite, "workers": workers, "batch_size": batch_size,
+        }  # fmt: skip
+        report_jobs(submit_rerun(Path.cwd(), "predict", [], options, wait), waited=wait)
         return
     from connecto.tasks.synapse_classification.predict import predict  # torch: only when predicting
 

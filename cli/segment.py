@@ -28,31 +28,52 @@ CONFIG = typer.Option(
 OVERWRITE = typer.Option(False, "--overwrite", help="recompute outputs that exist")
 
 
-def _print(report: SegmentReport) -> None:
-    for step in report.steps:
-        typer.echo(f"{step.step}: {'skipped, ' if step.skipped else ''}{step.detail}")
-    if not report.scores:
-        return
+def _table(title: str, results: list, chosen: float) -> Table:
     table = Table(
         "threshold", "VOI split", "VOI merge", "VOI", "ARAND", "ERL nm", "mergers", "splits",
-        title="segmentation",
+        title=title,
     )  # fmt: skip
-    best = report.best
-    for result in report.scores:
+    for result in results:
         s, r = result.scores, result.run_length
-        mark = " (best)" if result is best else ""
+        mark = " (best)" if result.threshold == chosen else ""
         table.add_row(
             f"{result.threshold:g}{mark}", f"{s.voi_split:.4f}", f"{s.voi_merge:.4f}",
             f"{s.voi:.4f}", f"{s.arand:.4f}",
             *((f"{r.erl:.0f} of {r.max_erl:.0f}", str(r.n_mergers), str(r.n_splits))
               if r else ("-", "-", "-")),
         )  # fmt: skip
-    Console(width=120).print(table)
-    assert best is not None
-    typer.echo(
-        f"best threshold: {best.threshold:g} (VOI {best.scores.voi:.4f}, "
-        f"ARAND {best.scores.arand:.4f}); scores stored in the tracking database"
-    )
+    return table
+
+
+def _print(report: SegmentReport) -> None:
+    for step in report.steps:
+        typer.echo(f"{step.step}: {'skipped, ' if step.skipped else ''}{step.detail}")
+    evaluation = report.evaluation
+    if evaluation is not None:
+        best = evaluation.chosen
+        console = Console(width=120)
+        if evaluation.honest:
+            console.print(_table("validation_roi (chooses the threshold)",
+                                 evaluation.validation, best.threshold))  # fmt: skip
+            console.print(_table("roi (reported)", evaluation.scores, best.threshold))
+            chose = evaluation.chosen_validation
+            assert chose is not None
+            typer.echo(
+                f"best threshold: {best.threshold:g}, chosen on validation_roi "
+                f"{evaluation.selection_roi} (VOI {chose.scores.voi:.4f} there); on roi at "
+                f"that threshold: VOI {best.scores.voi:.4f}, ARAND {best.scores.arand:.4f}"
+            )
+        else:
+            console.print(_table("segmentation", evaluation.scores, best.threshold))
+            typer.echo(
+                f"best threshold: {best.threshold:g} (VOI {best.scores.voi:.4f}, "
+                f"ARAND {best.scores.arand:.4f}), chosen on the evaluated data itself: an "
+                "optimistic score; set validation_roi (disjoint from roi) to choose the "
+                "threshold on other ground truth"
+            )
+        typer.echo("scores stored in the tracking database")
+    for warning in report.warnings:
+        typer.echo(warning)
 
 
 def _step(*steps: str):  # noqa: ANN202 - a Typer command factory
@@ -87,8 +108,8 @@ HELP = {
     "agglomerate": "Edges between fragments with the merge score of waterz's hierarchical "
     "agglomeration per block.",
     "extract": "One segmentation per threshold (lookup table + blockwise relabel).",
-    "evaluate": "VOI split/merge, ARAND and ERL (expected run length) per threshold; names "
-    "the best.",
+    "evaluate": "VOI split/merge, ARAND and ERL (expected run length) per threshold over "
+    "roi; the best threshold is chosen on validation_roi when set (else on roi itself).",
 }
 for _name, _help in HELP.items():
     app.command(_name, help=_help)(_step(_name))

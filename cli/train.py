@@ -8,7 +8,7 @@ import typer
 
 from cli.jobs import report_jobs
 from connecto.experiment import resolve_train_setup
-from connecto.launch.submit import submit_setups
+from connecto.launch.submit import submit_rerun
 
 
 def train_command(
@@ -29,9 +29,9 @@ def train_command(
     """Train the setup here (or -d/-e/-t) up to ITERATIONS, continuing from its latest
     checkpoint; Ctrl-C or SIGTERM stops with a checkpoint."""
     setup = resolve_train_setup(base, experiment, train_id)
-    if submit:
-        args = ["train", str(iterations), *(["--device", device] if device else [])]
-        report_jobs(submit_setups([setup.path], args, wait=wait), waited=wait)
+    if submit:  # the job runs in the setup directory: -d/-e/-t are not passed on
+        jobs = submit_rerun(setup.path, "train", [iterations], {"device": device}, wait)
+        report_jobs(jobs, waited=wait)
         return
     from connecto.train import train  # torch and gunpowder: only when training here
 

@@ -37,6 +37,17 @@ class ConfigModel(BaseModel):
     ini_section: ClassVar[str | None] = None
 
 
+class TrainingSettings(ConfigModel):
+    """What the training driver reads of every task's train config."""
+
+    learning_rate: float = Field(default=1e-4, gt=0)
+    save_every: PositiveInt = 1000
+    snapshot_every: PositiveInt = 1000
+    log_every: PositiveInt = 10
+    augment: bool = True
+    seed: int | None = None
+
+
 class WorkerConfig(ConfigModel):
     """Where and how a job runs (synister's `[Worker]`)."""
 
@@ -182,13 +193,19 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConnectoError(f"{path}: not valid TOML: {error}") from None
 
 
-def read_ini(path: Path, model: type[BaseModel]) -> dict[str, Any]:
+def parse_ini(path: Path) -> configparser.ConfigParser:
+    """The INI file at `path`, parsed; unreadable or malformed is one line naming it."""
     parser = configparser.ConfigParser()
     text = read_text(path)
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as error:
         raise ConnectoError(f"{path}: not a valid INI file: {one_line(error)}") from None
+    return parser
+
+
+def read_ini(path: Path, model: type[BaseModel]) -> dict[str, Any]:
+    parser = parse_ini(path)
     sections, expected = parser.sections(), getattr(model, "ini_section", None)
     if len(sections) != 1 or (expected and sections[0] != expected):
         wanted = f" [{expected}]" if expected else ""

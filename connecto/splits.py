@@ -21,12 +21,8 @@ from tqdm import tqdm
 
 from connecto import ConnectoError
 from connecto.db.client import retry_write
-from connecto.db.synapses import (
-    PARTS,
-    SKELETONS,
-    SYNAPSES,
-    class_of_skeletons,
-)
+from connecto.db.schema import SKELETONS, SYNAPSES
+from connecto.db.synapses import PARTS, class_of_skeletons
 from connecto.names import check_name
 
 GROUP_BY: tuple[str, ...] = ("skeleton", "hemilineage", "brain_region")
@@ -112,6 +108,83 @@ def _group_counts(
     return counts, {g: sorted(s) for g, s in members.items()}, excluded
 
 
+class _Program:
+    """The mixed-integer program over one vector of variables: x[g, p] = 1 when group g is
+    in part p, then d[c, p] >= |share of class c in part p - target|, then t >= every d.
+    Constraint rows are collected as lower <= row . variables <= upper."""
+
+    def __init__(self, n: np.ndarray, fractions: np.ndarray) -> None:
+        self.n = n
+        self.fractions = fractions
+        self.totals = n.sum(axis=0)
+        self.groups, self.classes = n.shape
+        self.parts = len(fractions)
+        self.nx, self.nd = self.groups * self.parts, self.classes * self.parts
+        self.nvar = self.nx + self.nd + 1
+        self.t = self.nvar - 1
+        self.rows: list[dict[int, float]] = []
+        self.lower: list[float] = []
+        self.upper: list[float] = []
+
+    def x(self, g: int, p: int) -> int:
+        return g * self.parts + p
+
+    def d(self, c: int, p: int) -> int:
+        return self.nx + c * self.parts + p
+
+    def add(self, row: dict[int, float], lower: float, upper: float) -> None:
+        self.rows.append(row)
+        self.lower.append(lower)
+        self.upper.append(upper)
+
+    def add_constraints(self) -> None:
+        for g in range(self.groups):  # each group in exactly one part
+            self.add({self.x(g, p): 1 for p in range(self.parts)}, 1, 1)
+        for c in range(self.classes):
+            for p in range(self.parts):
+                self.add_class_part(c, p)
+
+    def add_class_part(self, c: int, p: int) -> None:
+        carriers = np.nonzero(self.n[:, c])[0]
+        f = self.fractions[p]
+        # share - d <= f  and  share + d >= f
+        for sign in (1, -1):
+            row = {self.x(g, p): sign * self.n[g, c] / self.totals[c] for g in carriers}
+            row[self.d(c, p)] = -sign
+            self.add(row, -np.inf if sign == 1 else -f, f if sign == 1 else np.inf)
+        self.add({self.d(c, p): 1, self.t: -1}, -np.inf, 0)  # d <= t
+        if f > 0:  # every class present in every non-empty part
+            self.add({self.x(g, p): 1 for g in carriers}, 1, np.inf)
+
+    def constraints(self) -> Any:
+        from scipy.optimize import LinearConstraint  # slow imports: only here
+        from scipy.sparse import lil_matrix
+
+        matrix = lil_matrix((len(self.rows), self.nvar))
+        for r, row in enumerate(self.rows):
+            for column, value in row.items():
+                matrix[r, column] = value
+        return LinearConstraint(matrix.tocsr(), self.lower, self.upper)
+
+    def cost(self) -> np.ndarray:
+        """K*t + sum(d), K the number of d: first the worst deviation, then all of them."""
+        cost = np.zeros(self.nvar)
+        cost[self.nx : self.nx + self.nd] = 1
+        cost[self.t] = self.nd
+        return cost
+
+    def integrality(self) -> np.ndarray:
+        integrality = np.zeros(self.nvar)
+        integrality[: self.nx] = 1
+        return integrality
+
+    def bounds(self) -> Any:
+        from scipy.optimize import Bounds
+
+        upper = np.concatenate([np.ones(self.nx), np.full(self.nd + 1, np.inf)])
+        return Bounds(np.zeros(self.nvar), upper)
+
+
 def _solve_milp(
     n: np.ndarray, fractions: np.ndarray, time_limit_s: float
 ) -> tuple[np.ndarray | None, str]:
@@ -120,67 +193,20 @@ def _solve_milp(
     Variables: x[g, p] binary (group g in part p), d[c, p] >= |share - target| and t >= every
     d. Minimises K*t + sum(d): first the worst deviation, then all of them.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp  # slow import: only here
-    from scipy.sparse import lil_matrix
+    from scipy.optimize import milp  # slow import: only here
 
-    groups, classes = n.shape
-    parts = len(fractions)
-    totals = n.sum(axis=0)
-    nx, nd = groups * parts, classes * parts
-    nvar = nx + nd + 1
-    t_index = nvar - 1
-    lower, upper = [], []
-    matrix = lil_matrix((groups + 2 * nd + nd + classes * parts, nvar))
-    row = 0
-    for g in range(groups):  # each group in exactly one part
-        for p in range(parts):
-            matrix[row, g * parts + p] = 1
-        lower.append(1)
-        upper.append(1)
-        row += 1
-    for c in range(classes):
-        for p in range(parts):
-            d = nx + c * parts + p
-            # share - d <= f  and  share + d >= f
-            for sign in (1, -1):
-                for g in np.nonzero(n[:, c])[0]:
-                    matrix[row, g * parts + p] = sign * n[g, c] / totals[c]
-                matrix[row, d] = -1 if sign == 1 else 1
-                if sign == 1:
-                    lower.append(-np.inf)
-                    upper.append(fractions[p])
-                else:
-                    lower.append(-fractions[p])
-                    upper.append(np.inf)
-                row += 1
-            matrix[row, d] = 1  # d <= t
-            matrix[row, t_index] = -1
-            lower.append(-np.inf)
-            upper.append(0)
-            row += 1
-            if fractions[p] > 0:  # every class present in every non-empty part
-                for g in np.nonzero(n[:, c])[0]:
-                    matrix[row, g * parts + p] = 1
-                lower.append(1)
-                upper.append(np.inf)
-                row += 1
-    matrix = matrix[:row].tocsr()
-    cost = np.zeros(nvar)
-    cost[nx : nx + nd] = 1
-    cost[t_index] = nd
-    integrality = np.zeros(nvar)
-    integrality[:nx] = 1
-    bounds = Bounds(np.zeros(nvar), np.concatenate([np.ones(nx), np.full(nd + 1, np.inf)]))
+    program = _Program(n, fractions)
+    program.add_constraints()
     result = milp(
-        cost,
-        constraints=LinearConstraint(matrix, lower, upper),
-        integrality=integrality,
-        bounds=bounds,
+        program.cost(),
+        constraints=program.constraints(),
+        integrality=program.integrality(),
+        bounds=program.bounds(),
         options={"time_limit": time_limit_s, "disp": False},
     )
     if result.x is None:
         return None, f"milp: {result.message}"
-    assignment = result.x[:nx].reshape(groups, parts).argmax(axis=1)
+    assignment = result.x[: program.nx].reshape(program.groups, program.parts).argmax(axis=1)
     status = "milp optimal" if result.status == 0 else f"milp best found ({result.message})"
     return assignment, status
 
@@ -216,6 +242,17 @@ class SplitPlan:
     queries: dict[str, list[dict[str, Any]]]  # part -> synapse queries, one per write batch
 
 
+@dataclass
+class _Groups:
+    """The groups to split, in solving order, with their synapses per chosen class."""
+
+    order: list[Any]
+    n: np.ndarray  # groups (in `order`) x classes synapse counts
+    counts: dict[Any, dict[str, int]]  # group -> class -> synapses (every class)
+    members: dict[Any, list[int]]  # group -> its skeletons
+    excluded: int  # synapses of the classes without a group
+
+
 def plan_split(
     db: Database,
     by: str,
@@ -227,6 +264,24 @@ def plan_split(
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 ) -> SplitPlan:
     """Choose the part of every group; writes nothing (see `make_split`)."""
+    _check_request(db, by, name, fractions, overwrite)
+    start = time.perf_counter()
+    skeleton_class = class_of_skeletons(db, classes)
+    chosen = _chosen_classes(db, classes, skeleton_class)
+    groups = _shuffled_groups(db, by, skeleton_class, chosen, seed)
+    _check_enough_groups(groups, chosen, by, fractions)
+    assignment, solver = _best_assignment(groups.n, np.array(fractions, dtype=float), time_limit_s)
+    parts = [PARTS[p] for p in assignment]  # part of each group, in solving order
+    report = _split_report(name, by, chosen, fractions, solver, groups, parts)
+    chosen_skeletons = [s for s, c in skeleton_class.items() if c in chosen]
+    queries = _write_queries(by, groups, parts, chosen_skeletons)
+    report.seconds = time.perf_counter() - start
+    return SplitPlan(report=report, queries=queries)
+
+
+def _check_request(
+    db: Database, by: str, name: str, fractions: tuple[float, ...], overwrite: bool
+) -> None:
     if by not in GROUP_BY:
         raise ConnectoError(f"--by {by!r}: expected one of {', '.join(GROUP_BY)}")
     check_name("split name", name)
@@ -237,8 +292,12 @@ def plan_split(
         raise ConnectoError(
             f"split {name!r} already exists in database {db.name}; use --overwrite to replace it"
         )
-    start = time.perf_counter()
-    skeleton_class = class_of_skeletons(db, classes)
+
+
+def _chosen_classes(
+    db: Database, classes: list[str] | None, skeleton_class: dict[int, str]
+) -> list[str]:
+    """The requested classes (each must be present), or every class present."""
     present = sorted(set(skeleton_class.values()))
     if classes:
         missing = [c for c in classes if c not in present]
@@ -253,19 +312,37 @@ def plan_split(
         chosen = present
     if not chosen:
         raise ConnectoError(f"database {db.name} has no skeleton with one known transmitter")
+    return chosen
+
+
+def _shuffled_groups(
+    db: Database, by: str, skeleton_class: dict[int, str], chosen: list[str], seed: int
+) -> _Groups:
     counts, members, excluded = _group_counts(db, by, skeleton_class)
     order = sorted(counts, key=str)
     np.random.default_rng(seed).shuffle(order)
     n = np.array([[counts[g].get(c, 0) for c in chosen] for g in order], dtype=float)
+    return _Groups(order=order, n=n, counts=counts, members=members, excluded=excluded)
+
+
+def _check_enough_groups(
+    groups: _Groups, chosen: list[str], by: str, fractions: tuple[float, ...]
+) -> None:
+    """Every class needs a group with its synapses in every non-empty part."""
     needed = sum(1 for f in fractions if f > 0)
     for c, class_name in enumerate(chosen):
-        have = int((n[:, c] > 0).sum()) if len(n) else 0
+        have = int((groups.n[:, c] > 0).sum()) if len(groups.n) else 0
         if have < needed:
             raise ConnectoError(
                 f"class {class_name!r} has {have} {by} group(s) with synapses; "
                 f"{needed} parts need at least {needed}"
             )
-    target = np.array(fractions, dtype=float)
+
+
+def _best_assignment(
+    n: np.ndarray, target: np.ndarray, time_limit_s: float
+) -> tuple[np.ndarray, str]:
+    """Part index per group, and which solver chose it."""
     # The greedy answer is instant and often close; the program improves on it when it can.
     greedy = _solve_greedy(n, target)
     assignment, solver = _solve_milp(n, target, time_limit_s)
@@ -273,7 +350,19 @@ def plan_split(
         n, assignment, target
     ):
         assignment, solver = greedy, f"greedy (better than {solver})"
+    return assignment, solver
 
+
+def _split_report(
+    name: str,
+    by: str,
+    chosen: list[str],
+    fractions: tuple[float, ...],
+    solver: str,
+    groups: _Groups,
+    parts: list[str],
+) -> SplitReport:
+    """Groups and synapses per part (`seconds` is left to the caller)."""
     report = SplitReport(
         name=name,
         by=by,
@@ -283,29 +372,30 @@ def plan_split(
         groups={p: 0 for p in PARTS},
         solver=solver,
         seconds=0.0,
-        excluded=excluded,
+        excluded=groups.excluded,
     )
-    skeletons_per_part: dict[str, list[int]] = {p: [] for p in PARTS}
-    groups_per_part: dict[str, list[Any]] = {p: [] for p in PARTS}
-    for g, group in enumerate(order):
-        part = PARTS[assignment[g]]
+    for g, part in enumerate(parts):
         report.groups[part] += 1
-        groups_per_part[part].append(group)
-        skeletons_per_part[part] += members[group]
         for c, class_name in enumerate(chosen):
-            report.counts[class_name][part] += int(n[g, c])
-    chosen_skeletons = [s for s, c in skeleton_class.items() if c in chosen]
+            report.counts[class_name][part] += int(groups.n[g, c])
+    return report
+
+
+def _write_queries(
+    by: str, groups: _Groups, parts: list[str], chosen_skeletons: list[int]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per part: one synapse query per write batch of its groups."""
     queries: dict[str, list[dict[str, Any]]] = {p: [] for p in PARTS}
     for part in PARTS:
-        for batch in _batches(groups_per_part[part], lambda g: sum(counts[g].values())):
+        in_part = [group for group, p in zip(groups.order, parts, strict=True) if p == part]
+        for batch in _batches(in_part, lambda g: sum(groups.counts[g].values())):
             if by == "brain_region":
                 query = {"brain_region": {"$in": batch}, "skeleton_id": {"$in": chosen_skeletons}}
             else:
-                skeletons = [s for group in batch for s in members[group]]
+                skeletons = [s for group in batch for s in groups.members[group]]
                 query = {"skeleton_id": {"$in": skeletons}}
             queries[part].append(query)
-    report.seconds = time.perf_counter() - start
-    return SplitPlan(report=report, queries=queries)
+    return queries
 
 
 def _batches(groups: list[Any], size: Callable[[Any], int]) -> Iterator[list[Any]]:

@@ -17,7 +17,9 @@ from connecto.data.ingest import DONE_ATTR, ingest
 from connecto.data.synthetic import class_properties, make_volume
 from connecto.data.viewer import plan_layers
 from connecto.data.volumes import normalize_raw, open_raw, read_crop
-from tests.conftest import NEUROPROOF, require_shared_data
+from tests.conftest import NEUROPROOF, SHARED_DATA, require_shared_data
+
+GALA = SHARED_DATA / "gala_fib_crop"
 
 
 @pytest.fixture
@@ -124,6 +126,76 @@ def test_bad_ingest_input_changes_nothing(small_h5: Path, tmp_path: Path, connec
     with pytest.raises(ConnectoError, match="unknown format"):
         ingest(notes, out, progress=False)
     assert not out.exists()
+
+
+def test_fractional_resolution_is_refused_never_truncated(tmp_path: Path, connecto) -> None:
+    """An ssTEM stack at 50 x 4.6 x 4.6 nm: truncating to (50, 4, 4) shifted crops 15-20%."""
+    source = tmp_path / "sstem.h5"
+    with h5py.File(source, "w") as f:
+        raw = f.create_dataset("raw", data=np.zeros((4, 8, 8), np.uint8))
+        raw.attrs["resolution"] = (50.0, 4.6, 4.6)
+    out = tmp_path / "sstem.zarr"
+    refused = connecto("data", "ingest", source, out)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    message = refused.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert f"{source}:raw" in message and "50,4.6,4.6" in message
+    assert "--voxel-size 50,5,5" in message and "--voxel-size 500,46,46" in message
+    assert not out.exists()
+    # the user's choice is stored exactly: a finer unit (Å) keeps the true grid
+    (result,) = ingest(source, out, voxel_size=(500, 46, 46), progress=False)
+    assert result.voxel_size == (500, 46, 46)
+    assert tuple(open_raw(out, "raw").voxel_size) == (500, 46, 46)
+    # whole numbers stored as floats are fine; fractional --voxel-size values are refused
+    with h5py.File(source, "a") as f:
+        f["raw"].attrs["resolution"] = (50.0, 5.0, 5.0)
+    (result,) = ingest(source, tmp_path / "whole.zarr", progress=False)
+    assert result.voxel_size == (50, 5, 5)
+    with pytest.raises(ConnectoError, match="--voxel-size 50,4.6,4.6: values must be whole"):
+        ingest(source, tmp_path / "no.zarr", voxel_size=(50, 4.6, 4.6), progress=False)
+    cli = connecto("data", "ingest", source, tmp_path / "no.zarr", "--voxel-size", "50,4.6,4.6")
+    assert cli.returncode != 0 and "finer unit" in cli.stderr
+    # a container written elsewhere with a fractional voxel size is not opened truncated
+    other = zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    other.create_dataset("raw", data=np.zeros((2, 4, 4), np.uint8)).attrs.update(
+        voxel_size=[50, 4.6, 4.6], offset=[0, 0, 0]
+    )
+    with pytest.raises(ConnectoError, match=r"other.zarr/raw: voxel_size 50,4.6,4.6 is not whole"):
+        open_raw(tmp_path / "other.zarr", "raw")
+
+
+def test_ingest_renames_datasets_and_needs_a_voxel_size_without_attributes(
+    tmp_path: Path, connecto
+) -> None:
+    """The gala FIB-SEM crop: raw and labels in separate HDF5 files, each a dataset `stack`
+    with no resolution attribute."""
+    image = require_shared_data(GALA / "train-image.h5")
+    gt = require_shared_data(GALA / "train-gt.lzf.h5")
+    out = tmp_path / "fib.zarr"
+    missing = connecto("data", "ingest", image, out, "--dataset", "stack:volumes/raw")
+    assert missing.returncode == 1 and not out.exists()
+    assert f"{image}:stack: voxel size unknown (the HDF5 dataset has no resolution" in (
+        missing.stderr
+    )
+    assert "pass --voxel-size" in missing.stderr
+    for source, name in ((image, "volumes/raw"), (gt, "volumes/labels/neuron_ids")):
+        done = connecto(
+            "data", "ingest", source, out, "--dataset", f"stack:{name}", "--voxel-size", "10,10,10"
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f"{out}/{name}:" in done.stdout
+    raw = open_raw(out, "volumes/raw")
+    labels = open_raw(out, "volumes/labels/neuron_ids")
+    assert tuple(raw.voxel_size) == (10, 10, 10) and raw.shape == (50, 100, 200)
+    assert labels.roi == raw.roi and labels.dtype == np.int32
+    with h5py.File(gt, "r") as f:
+        np.testing.assert_array_equal(labels[labels.roi], f["stack"][:])
+    assert "stack" not in zarr.open_group(str(out), mode="r")
+    with pytest.raises(ConnectoError, match="no dataset 'nope'"):
+        ingest(image, tmp_path / "x.zarr", ["nope:raw"], (10, 10, 10), progress=False)
+    with pytest.raises(ConnectoError, match="repeat a destination"):
+        ingest(image, tmp_path / "x.zarr", ["stack:raw", "stack:raw"], (10, 10, 10),
+               progress=False)  # fmt: skip
 
 
 def test_open_raw_reads_n5_with_gunpowder_resolution(tmp_path: Path) -> None:

@@ -132,6 +132,44 @@ def test_prepare_prediction_numbers_and_contents(
     assert setup.predict_setup(3).predict_config().split_part == "validation"
 
 
+def test_prepare_prediction_takes_iterations_as_the_readme_writes_them(
+    connecto, tmp_path: Path, tracking_db: str
+) -> None:
+    setup, _, _ = prepare_training(tmp_path, "exp", 0)
+    result = connecto(
+        "prepare-prediction", "-d", tmp_path, "-e", "exp", "-t", "0", "-i", "1000", "2000"
+    )
+    assert result.returncode == 0, result.stderr
+    assert [s.predict_config().iteration for s in setup.predict_setups()] == [1000, 2000]
+
+
+def test_runs_inside_an_experiment_lists_only_its_runs(
+    connecto, tmp_path: Path, tracking_db: str
+) -> None:
+    """A shared tracking database holds everyone's runs: inside an experiment directory
+    (or a setup in it) `connecto runs` lists that experiment's, --all and -e any."""
+    mine, _, _ = prepare_training(tmp_path / "me", "nt", 0, tracking=tracking_database)
+    prepare_training(tmp_path / "me", "nt", 1, tracking=tracking_database)
+    prepare_training(tmp_path / "me", "other", 0, tracking=tracking_database)
+    prepare_training(tmp_path / "you", "nt", 7, tracking=tracking_database)
+
+    def listed(*args: str, cwd: Path) -> set[str]:
+        result = connecto("runs", *args, cwd=cwd, env={"COLUMNS": "400"})
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines]
+        return {f"{row[0]}/{row[1]}" for row in rows if len(row) == 7 and row[1].isdigit()}
+
+    everything = {"nt/0", "nt/1", "other/0", "nt/7"}
+    assert listed(cwd=tmp_path / "me" / "nt") == {"nt/0", "nt/1"}
+    (mine.path / "log").mkdir()
+    assert listed(cwd=mine.path / "log") == {"nt/0", "nt/1"}
+    assert listed(cwd=tmp_path / "you" / "nt" / "02_train") == {"nt/7"}
+    assert listed("--all", cwd=tmp_path / "me" / "nt") == everything
+    assert listed(cwd=tmp_path / "me") == everything  # a base directory: no experiment
+    assert listed("-e", "other", cwd=tmp_path / "me" / "nt") == {"other/0"}
+
+
 def test_find_setup_from_inside(tmp_path: Path) -> None:
     setup, _, _ = prepare_training(tmp_path, "exp", 5)
     (setup.path / "log").mkdir()

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from connecto import ConnectoError, splits
-from connecto.db.synapses import PARTS, synapse_stats, synapses_by_class, write_synapse_data
+from connecto.db.synapse_import import write_synapse_data
+from connecto.db.synapses import PARTS, synapse_stats, synapses_by_class
 from connecto.splits import _solve_greedy, make_split, parse_fractions
 from tests import synapse_fixtures
 from tests.synapse_fixtures import drop_connection_once

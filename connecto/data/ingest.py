@@ -7,6 +7,7 @@ ingest continues where it stopped; a finished one is left alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,19 +45,54 @@ class _Source:
     shape: tuple[int, ...]
     dtype: np.dtype
     read: Callable[[int, int], np.ndarray]
-    voxel_size: tuple[int, ...] | None
-    offset: tuple[int, ...] | None
+    voxel_size: tuple[float, ...] | None  # as stored (HDF5 `resolution`), maybe not whole
+    offset: tuple[float, ...] | None
+    where: str = ""  # file:dataset, for messages
+    is_hdf5: bool = False
 
 
 def _int_tuple(values: Sequence[float] | np.ndarray | None) -> tuple[int, ...] | None:
-    return None if values is None else tuple(int(v) for v in values)
+    """Whole numbers as ints (10.0 -> 10); None when any value is not whole (4.6)."""
+    if values is None:
+        return None
+    numbers = [float(v) for v in np.ravel(values)]
+    if not all(math.isfinite(v) and v == int(v) for v in numbers):
+        return None
+    return tuple(int(v) for v in numbers)
+
+
+def _text(values: Sequence[float] | np.ndarray) -> str:
+    return ",".join(f"{float(v):g}" for v in np.ravel(values))
+
+
+def _stored(values: Sequence[float] | np.ndarray | None) -> tuple[float, ...] | None:
+    """An HDF5 attribute's values as they are (not truncated)."""
+    return None if values is None else tuple(float(v) for v in np.ravel(values))
+
+
+def _dataset_map(path: Path, specs: list[str] | None, found: list[str]) -> list[tuple[str, str]]:
+    """(source dataset, zarr name) pairs from `--dataset` values `NAME` or `SRC:DST`."""
+    if not specs:
+        return [(name, name) for name in found]
+    pairs = []
+    for spec in specs:
+        src, sep, dst = spec.partition(":")
+        if spec in found or not sep:
+            src, dst = spec, spec
+        if not src or not dst:
+            raise ConnectoError(f"--dataset {spec!r}: expected NAME or SOURCE:DESTINATION")
+        pairs.append((src, dst))
+    names = [dst for _, dst in pairs]
+    if len(set(names)) != len(names):
+        raise ConnectoError(f"{path}: --dataset names {names} repeat a destination")
+    return pairs
 
 
 def _hdf5_sources(path: Path, names: list[str] | None) -> Iterator[_Source]:
     handle = h5py.File(path, "r")
     found: list[str] = []
     handle.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
-    for name in names or found:
+    for name, out_name in _dataset_map(path, names, found):
         if name not in found:
             raise ConnectoError(
                 f"{path}: no dataset {name!r} (--dataset); available: {', '.join(found) or 'none'}"
@@ -73,8 +109,9 @@ def _hdf5_sources(path: Path, names: list[str] | None) -> Iterator[_Source]:
             return data[z0:z1]
 
         yield _Source(
-            name, data.shape, data.dtype, read,
-            _int_tuple(data.attrs.get("resolution")), _int_tuple(data.attrs.get("offset")),
+            out_name, data.shape, data.dtype, read,
+            _stored(data.attrs.get("resolution")), _stored(data.attrs.get("offset")),
+            where=f"{path}:{name}", is_hdf5=True,
         )  # fmt: skip
 
 
@@ -109,7 +146,7 @@ def _tiff_source(path: Path, name: str) -> _Source:
                 return np.stack([pages[i].asarray() for i in range(z0, z1)])
 
             shape, dtype = (len(pages), *first.shape), first.dtype
-    return _Source(name, shape, dtype, read, None, None)
+    return _Source(name, shape, dtype, read, None, None, where=str(path))
 
 
 def _sources(source: Path, datasets: list[str] | None) -> list[_Source]:
@@ -124,6 +161,11 @@ def _sources(source: Path, datasets: list[str] | None) -> list[_Source]:
     if suffix in TIFF_SUFFIXES or source.is_dir():
         if datasets and len(datasets) > 1:
             raise ConnectoError(f"{source}: a TIFF stack is one volume; give one --dataset")
+        if datasets and ":" in datasets[0]:
+            raise ConnectoError(
+                f"--dataset {datasets[0]!r}: a TIFF stack has no dataset names; "
+                "give only the name to write (e.g. --dataset raw)"
+            )
         return [_tiff_source(source, (datasets or ["raw"])[0])]
     raise ConnectoError(
         f"{source}: unknown format (expected HDF5 {'/'.join(HDF5_SUFFIXES)}, "
@@ -131,13 +173,54 @@ def _sources(source: Path, datasets: list[str] | None) -> list[_Source]:
     )
 
 
+def _fractional_resolution(src: _Source) -> str:
+    """Why a resolution such as 50 x 4.6 x 4.6 nm is refused, and what to pass instead."""
+    assert src.voxel_size is not None
+    rounded = ",".join(str(max(1, round(v))) for v in src.voxel_size)
+    finer = ""
+    for factor, unit in ((10, "Å"), (1000, "pm")):
+        scaled = [round(v * factor, 6) for v in src.voxel_size]
+        if all(v == int(v) for v in scaled):
+            values = ",".join(str(int(v)) for v in scaled)
+            finer = f"--voxel-size {values} ({unit}: every ROI and position then in {unit})"
+            break
+    finer = finer or "--voxel-size in a finer unit (every ROI and position then in it)"
+    return (
+        f"{src.where}: resolution {_text(src.voxel_size)} nm is not whole nm, and coordinates "
+        f"are integers (never truncated); pass --voxel-size {rounded} (rounded nm) or {finer}"
+    )
+
+
 def _metadata(
     src: _Source, voxel_size: Sequence[int] | None, offset: Sequence[int] | None
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    size = _int_tuple(voxel_size) or src.voxel_size
-    if size is None:
-        raise ConnectoError(f"{src.name}: voxel size unknown; pass --voxel-size Z,Y,X (nm)")
-    off = _int_tuple(offset) or src.offset or (0,) * len(src.shape)
+    """Voxel size and offset in whole nm: given, else stored; never truncated."""
+    for key, given in (("--voxel-size", voxel_size), ("--offset", offset)):
+        if given is not None and _int_tuple(given) is None:
+            raise ConnectoError(
+                f"{key} {_text(given)}: values must be whole nm (coordinates are integers); "
+                "give a finer unit for every coordinate instead (e.g. 46 for 4.6 nm in Å)"
+            )
+    if voxel_size is not None:
+        size = _int_tuple(voxel_size)
+    elif src.voxel_size is None:
+        hdf5 = " (the HDF5 dataset has no resolution attribute)" if src.is_hdf5 else ""
+        raise ConnectoError(f"{src.where}: voxel size unknown{hdf5}; pass --voxel-size Z,Y,X (nm)")
+    else:
+        size = _int_tuple(src.voxel_size)
+        if size is None:
+            raise ConnectoError(_fractional_resolution(src))
+    if offset is not None:
+        off = _int_tuple(offset)
+    elif src.offset is None:
+        off = (0,) * len(src.shape)
+    else:
+        off = _int_tuple(src.offset)
+        if off is None:
+            raise ConnectoError(
+                f"{src.where}: offset {_text(src.offset)} nm is not whole nm "
+                "(it is never truncated); pass --offset Z,Y,X in the unit of --voxel-size"
+            )
     for key, value in (("--voxel-size", size), ("--offset", off)):
         if len(value) != len(src.shape):
             raise ConnectoError(f"{key} {value}: expected {len(src.shape)} values (z, y, x)")

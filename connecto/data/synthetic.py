@@ -212,7 +212,7 @@ def synthesize_synapses(
     overwrite: bool = False, progress: bool = True,
 ) -> SyntheticReport:  # fmt: skip
     """Write the synthetic volume to `out/dataset` and its synapses to `db`."""
-    from connecto.db.synapses import write_synapse_data
+    from connecto.db.synapse_import import write_synapse_data
 
     classes = list(classes or DEFAULT_CLASSES)
     if len(classes) < 2 or len(set(classes)) != len(classes):

@@ -7,6 +7,7 @@ both read crops through `read_roi`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,22 @@ def list_datasets(container: str | Path) -> list[str]:
     return sorted(found)
 
 
+def whole_numbers(values: Sequence[Any], what: str) -> tuple[int, ...]:
+    """`values` as ints when each is a whole number (10.0 -> 10); a fractional one (4.6)
+    is refused, never truncated: funlib's Coordinates are integers."""
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConnectoError(f"{what} {list(values)}: expected numbers") from None
+    if not all(math.isfinite(v) and v == int(v) for v in numbers):
+        text = ",".join(f"{v:g}" for v in numbers)
+        raise ConnectoError(
+            f"{what} {text} is not whole nm, and coordinates are integers (never truncated); "
+            "re-ingest with `connecto data ingest --voxel-size` (rounded nm, or a finer unit)"
+        )
+    return tuple(int(v) for v in numbers)
+
+
 def metadata_override(attrs: Mapping[str, Any], n5: bool) -> dict[str, Any]:
     """gunpowder/synister containers carry `resolution` (N5: in x-y-x order) instead of
     funlib's `voxel_size`; read them as voxel size and offset."""
@@ -89,17 +106,27 @@ def metadata_override(attrs: Mapping[str, Any], n5: bool) -> dict[str, Any]:
     return override
 
 
-def open_raw(container: str | Path, dataset: str) -> Array:
+def check_whole_metadata(attrs: Mapping[str, Any], where: str) -> None:
+    """Refuse a fractional voxel size or offset (e.g. 4.6 nm): funlib's Coordinates are
+    integers and would truncate it, shifting every crop against positions in nm."""
+    for key in ("voxel_size", "resolution", "offset"):
+        values = attrs.get(key)
+        if isinstance(values, list | tuple):
+            whole_numbers(values, f"{where}: {key}")
+
+
+def open_raw(container: str | Path, dataset: str, key: str = "raw_dataset") -> Array:
     """A read-only funlib Array of `container/dataset` (zarr or N5), with the voxel size
-    and offset from its metadata (`voxel_size`/`offset`, or gunpowder's `resolution`)."""
+    and offset from its metadata (`voxel_size`/`offset`, or gunpowder's `resolution`);
+    `key` is the config key that named the dataset, for the message when it is missing."""
     group = open_container(container)
     if dataset not in group or not isinstance(group[dataset], zarr.Array):
         available = ", ".join(list_datasets(container)) or "none"
-        raise ConnectoError(
-            f"{container}: no dataset {dataset!r} (raw_dataset); available: {available}"
-        )
+        raise ConnectoError(f"{container}: no dataset {dataset!r} ({key}); available: {available}")
     store = zarr.N5FSStore(str(container)) if is_n5(container) else str(container)
-    override = metadata_override(group[dataset].attrs.asdict(), is_n5(container))
+    attrs = group[dataset].attrs.asdict()
+    check_whole_metadata(attrs, f"{container}/{dataset}")
+    override = metadata_override(attrs, is_n5(container))
     return open_ds(store, mode="r", path=dataset, **override)
 
 

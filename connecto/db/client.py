@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import TypeVar
 
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -18,6 +18,7 @@ from connecto.names import check_name
 from connecto.settings import Settings, load_settings, redact_uri, uri_from_credentials
 
 RETRIES = 3
+T = TypeVar("T")
 
 
 def resolve_uri(settings: Settings) -> str:
@@ -59,17 +60,23 @@ def connect(uri: str, timeout_s: float) -> MongoClient:
     return client
 
 
-def retry_write(operation: Callable[[], Any], attempts: int = RETRIES) -> Any:
+def retry_write(
+    operation: Callable[[], T],
+    attempts: int = RETRIES,
+    before_retry: Callable[[], object] | None = None,
+) -> T:
     """Run an idempotent write again when the connection drops (a busy server can miss the
-    client's heartbeat, and the client then cancels operations in flight)."""
-    for attempt in range(attempts):
+    client's heartbeat, and the client then cancels operations in flight); waits 1 s, 2 s,
+    ... between attempts. `before_retry` runs after each wait, e.g. to drop what already
+    landed from a batch that may have been written in part."""
+    for attempt in range(1, attempts):
         try:
             return operation()
         except AutoReconnect:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1 + attempt)
-    return None
+            time.sleep(attempt)
+            if before_retry is not None:
+                before_retry()
+    return operation()  # the last attempt: its error is the caller's
 
 
 def brief_error(error: BaseException) -> str:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
@@ -106,8 +107,26 @@ def upsert_run(db: Database, setup_dir: str, fields: dict[str, Any]) -> dict[str
     )
 
 
-def list_runs(db: Database, experiment: str | None = None) -> list[dict[str, Any]]:
-    query = {"experiment": experiment} if experiment else {}
+def list_runs(
+    db: Database, experiment: str | None = None, within: Path | None = None
+) -> list[dict[str, Any]]:
+    """The tracked runs, by experiment and train id: those of `experiment` (under any base
+    directory), or with `within` those of the experiment directory `<base>/<experiment>`
+    that `within` is or lies in (the nearest the tracking database knows: a shared one
+    holds every user's runs); `within` outside every experiment directory: all runs."""
+    query: dict[str, Any] = {"experiment": experiment} if experiment else {}
+    if within is not None:
+        here = within.resolve()
+        candidates = [{"base": str(d.parent), "experiment": d.name} for d in (here, *here.parents)]
+        known = {(doc["base"], doc["experiment"]) for doc in db[RUNS].find(
+            {"$or": candidates}, {"base": 1, "experiment": 1}
+        )}  # fmt: skip
+        known |= {(doc["base"], doc["name"]) for doc in db[EXPERIMENTS].find(
+            {"$or": [{"base": c["base"], "name": c["experiment"]} for c in candidates]},
+            {"base": 1, "name": 1},
+        )}  # fmt: skip
+        nearest = next((c for c in candidates if (c["base"], c["experiment"]) in known), None)
+        query.update(nearest or {})
     return settle_vanished(
         db[RUNS], list(db[RUNS].find(query, sort=[("experiment", 1), ("train_id", 1)]))
     )

@@ -130,6 +130,32 @@ def write_env_file(path: Path, env: Mapping[str, str]) -> Path:
     return write_private(path, "".join(f"{line}\n" for line in lines))
 
 
+@dataclass(frozen=True)
+class JobBatch:
+    """One submission to a scheduler: the tasks, their commands as launched, the resources,
+    the job name, the job's secret environment, and where its script goes."""
+
+    argvs: Sequence[Sequence[str]]
+    tasks: Sequence[Task]
+    resources: Resources
+    name: str
+    env: Mapping[str, str]
+    script_path: Path
+
+    def write_script(self, index_expr: str) -> Path:
+        """The owner-only env file and the job script (see `job_script`)."""
+        env_file = write_env_file(self.script_path.with_suffix(".env"), self.env)
+        self.script_path.write_text(job_script(self.argvs, self.tasks, env_file, index_expr))
+        return self.script_path
+
+    def log_path(self, array_suffix: str) -> Path:
+        """One task logs to its own file; an array to the scheduler's pattern beside the
+        script (each task's command still appends to its own log)."""
+        if len(self.tasks) == 1:
+            return self.tasks[0].log_path
+        return self.script_path.with_suffix(array_suffix)
+
+
 def job_script(
     argvs: Sequence[Sequence[str]],
     tasks: Sequence[Task],

@@ -14,13 +14,11 @@ from typing import Any
 
 from connecto import ConnectoError
 from connecto.launch.base import (
-    Resources,
+    JobBatch,
     Status,
     Task,
     final_status,
     job_exit_code,
-    job_script,
-    write_env_file,
 )
 from connecto.processes import pid_alive, process_gone, process_record, process_start
 
@@ -86,21 +84,12 @@ class LocalScheduler:
     def __init__(self) -> None:
         self.launched: dict[str, dict[str, Any]] = {}  # job id -> its process record
 
-    def submit(
-        self,
-        argvs: Sequence[Sequence[str]],
-        tasks: Sequence[Task],
-        resources: Resources,
-        job_name: str,
-        env: Mapping[str, str],
-        script_path: Path,
-    ) -> list[str]:
+    def submit(self, batch: JobBatch) -> list[str]:
         ids = []
-        env_file = write_env_file(script_path.with_suffix(".env"), env)
-        script_path.write_text(job_script(argvs, tasks, env_file, "${1:-0}"))
-        for number in range(len(tasks)):
+        script = batch.write_script("${1:-0}")
+        for number in range(len(batch.tasks)):
             process = subprocess.Popen(
-                ["bash", str(script_path), str(number)],
+                ["bash", str(script), str(number)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -9,13 +9,11 @@ from pathlib import Path
 
 from connecto import ConnectoError
 from connecto.launch.base import (
+    JobBatch,
     Resources,
     Status,
-    Task,
     final_status,
     job_exit_code,
-    job_script,
-    write_env_file,
 )
 from connecto.launch.slurm import failure, run
 
@@ -54,19 +52,11 @@ def bsub_argv(
 class LsfScheduler:
     name = "lsf"
 
-    def submit(
-        self,
-        argvs: Sequence[Sequence[str]],
-        tasks: Sequence[Task],
-        resources: Resources,
-        job_name: str,
-        env: Mapping[str, str],
-        script_path: Path,
-    ) -> list[str]:
-        env_file = write_env_file(script_path.with_suffix(".env"), env)
-        script_path.write_text(job_script(argvs, tasks, env_file, "$(( ${LSB_JOBINDEX:-1} - 1 ))"))
-        log = tasks[0].log_path if len(tasks) == 1 else script_path.with_suffix(".%J_%I.out")
-        result = run(bsub_argv(resources, job_name, log, script_path, len(tasks)), "LSF")
+    def submit(self, batch: JobBatch) -> list[str]:
+        script = batch.write_script("$(( ${LSB_JOBINDEX:-1} - 1 ))")
+        log = batch.log_path(".%J_%I.out")
+        tasks = batch.tasks
+        result = run(bsub_argv(batch.resources, batch.name, log, script, len(tasks)), "LSF")
         match = _SUBMITTED.search(result.stdout)
         if result.returncode != 0 or match is None:
             raise ConnectoError(f"bsub refused the job: {(result.stderr or result.stdout).strip()}")

@@ -1,6 +1,13 @@
 """The SLURM scheduler: `sbatch --parsable` (job arrays for batches), states from
 `scontrol show job` (live jobs) and `sacct` (jobs the controller has forgotten, when
-accounting runs), `scancel`."""
+accounting runs), `scancel`.
+
+Hand-written rather than through submitit: connecto's jobs are shell commands (`connecto
+train N` in an existing setup directory, wrapped by the docker or apptainer launcher), not
+pickled Python functions, and one job script (`base.job_script`: the owner-only env file,
+per-task logs and exit files) serves SLURM, LSF (which submitit does not support) and the
+local `none` scheduler alike, so states, exit codes and cancelling mean the same on all.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +18,11 @@ from pathlib import Path
 
 from connecto import ConnectoError
 from connecto.launch.base import (
+    JobBatch,
     Resources,
     Status,
-    Task,
     final_status,
     job_exit_code,
-    job_script,
-    write_env_file,
 )
 
 TIMEOUT_S = 60
@@ -94,19 +99,11 @@ def sbatch_argv(
 class SlurmScheduler:
     name = "slurm"
 
-    def submit(
-        self,
-        argvs: Sequence[Sequence[str]],
-        tasks: Sequence[Task],
-        resources: Resources,
-        job_name: str,
-        env: Mapping[str, str],
-        script_path: Path,
-    ) -> list[str]:
-        env_file = write_env_file(script_path.with_suffix(".env"), env)
-        script_path.write_text(job_script(argvs, tasks, env_file, "${SLURM_ARRAY_TASK_ID:-0}"))
-        log = tasks[0].log_path if len(tasks) == 1 else script_path.with_suffix(".%A_%a.out")
-        result = run(sbatch_argv(resources, job_name, log, script_path, len(tasks)))
+    def submit(self, batch: JobBatch) -> list[str]:
+        script = batch.write_script("${SLURM_ARRAY_TASK_ID:-0}")
+        log = batch.log_path(".%A_%a.out")
+        tasks = batch.tasks
+        result = run(sbatch_argv(batch.resources, batch.name, log, script, len(tasks)))
         if result.returncode != 0:
             raise ConnectoError(f"sbatch refused the job: {result.stderr.strip()}")
         job_id = result.stdout.strip().split(";")[0]  # "ID" or "ID;CLUSTER"

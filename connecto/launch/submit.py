@@ -11,7 +11,7 @@ import getpass
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from connecto.db.client import resolve_uri, tracking_database
 from connecto.db.tracking import now
 from connecto.experiment import PredictSetup, TrainSetup, find_setup
 from connecto.launch.apptainer import ApptainerLauncher
-from connecto.launch.base import Resources, Task
+from connecto.launch.base import JobBatch, Resources, Task
 from connecto.launch.docker import DockerLauncher
 from connecto.launch.jobs import get_scheduler, record_jobs, wait_for_jobs
 from connecto.launch.local import LocalLauncher, LocalScheduler
@@ -109,7 +109,8 @@ def submit_tasks(
         group_tasks = [tasks[i] for i in group]
         name = job_name or group_tasks[0].name
         script = group_tasks[0].log_path.with_suffix(".sh")
-        ids = scheduler.submit([argvs[i] for i in group], group_tasks, resources, name, env, script)
+        batch = JobBatch([argvs[i] for i in group], group_tasks, resources, name, env, script)
+        ids = scheduler.submit(batch)
         for index, (number, job_id) in enumerate(zip(group, ids, strict=True)):
             task = tasks[number]
             docs.append(
@@ -183,10 +184,43 @@ def submit_setups(
 
 
 def submit_here(args: Sequence[str], cwd: Path | None = None, wait: bool = False) -> list[dict]:
-    """`connecto ARGS --submit [--wait]`: the same command, without those options, as a job
-    in the setup directory `cwd` lies in."""
+    """`connecto ARGS` as a job in the setup directory `cwd` lies in."""
     setup = find_setup(cwd or Path.cwd())
     return submit_setups([setup.path], args, wait=wait)
+
+
+def job_args(
+    name: str, arguments: Sequence[object] = (), options: Mapping[str, object] | None = None
+) -> list[str]:
+    """The arguments of `connecto NAME` for the job of `connecto NAME ... --submit`, from the
+    options as the command parsed them: `snake_case` names become `--kebab-case`, a true
+    flag `--flag`, a list one `--option value` per item; None, False and empty lists are
+    left out. So the job runs what was asked, with each option spelled one way."""
+    args = [name, *map(str, arguments)]
+    for key, value in (options or {}).items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, (list, tuple)):
+            args += [part for item in value for part in (flag, str(item))]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def submit_rerun(
+    where: Path,
+    name: str,
+    arguments: Sequence[object] = (),
+    options: Mapping[str, object] | None = None,
+    wait: bool = False,
+) -> list[dict[str, Any]]:
+    """`connecto NAME ... --submit [--wait]`: the same command, without those two options,
+    as a job in the setup directory `where` lies in (the job's working directory, so
+    options that locate the setup, such as train's -d/-e/-t, are not passed on)."""
+    return submit_here(job_args(name, arguments, options), where, wait)
 
 
 def submit_command(

@@ -9,8 +9,11 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from pymongo import MongoClient
 
 from connecto.db.server import LocalServer
@@ -64,64 +67,75 @@ def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("connecto: error")]
 
 
+@dataclass
+class Crash:
+    """A synister export, and a private embedded server in the data dir of `env`."""
+
+    export: Path
+    env: dict[str, str]
+    server: LocalServer
+    uri: str
+
+    def import_until_synapses_land(self) -> subprocess.Popen:
+        process = _start_import(self.export, self.env)
+        _wait_for_synapses(self.uri, process)
+        return process
+
+
+@pytest.fixture
+def crash(tmp_path: Path) -> Iterator[Crash]:
+    server = LocalServer(tmp_path / "data")
+    state, _ = server.start()
+    env = {"CONNECTO_MONGO_URI": "", "CONNECTO_DATA_DIR": str(tmp_path / "data")}
+    try:
+        yield Crash(_synister_export(tmp_path / "export"), env, server, state.uri)
+    finally:
+        server.stop()
+
+
 def test_server_killed_mid_import_is_rolled_back_then_rerun_completes(
-    connecto, tmp_path: Path
+    connecto, crash: Crash
 ) -> None:
-    export = _synister_export(tmp_path / "export")
-    env = {"CONNECTO_MONGO_URI": "", "CONNECTO_DATA_DIR": str(tmp_path / "data")}
-    server = LocalServer(tmp_path / "data")
-    state, _ = server.start()
-    try:
-        process = _start_import(export, env)
-        _wait_for_synapses(state.uri, process)
-        os.kill(state.pid, signal.SIGKILL)
-        _, stderr = process.communicate(timeout=180)
-        assert process.returncode == 1, stderr
-        assert "Traceback" not in stderr, stderr
-        [error] = _errors(stderr)
-        assert f"import into database '{DB}' stopped after" in error
-        assert f"connecto db recover --db {DB}" in error
+    process = crash.import_until_synapses_land()
+    state = crash.server.state()
+    assert state is not None
+    os.kill(state.pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    [error] = _errors(stderr)
+    assert f"import into database '{DB}' stopped after" in error
+    assert f"connecto db recover --db {DB}" in error
 
-        stats = connecto("db", "stats", "--db", DB, env=env)  # restarts the server
-        assert stats.returncode == 0, stats.stderr
-        assert "rolled back an import that was cut short" in stats.stderr
-        assert f"database {DB}: 0 synapses, 0 skeletons" in stats.stdout
-        state = server.state()
-        assert state is not None and _counts(state.uri) == (0, 0, 0)
+    stats = connecto("db", "stats", "--db", DB, env=crash.env)  # restarts the server
+    assert stats.returncode == 0, stats.stderr
+    assert "rolled back an import that was cut short" in stats.stderr
+    assert f"database {DB}: 0 synapses, 0 skeletons" in stats.stdout
+    state = crash.server.state()
+    assert state is not None and _counts(state.uri) == (0, 0, 0)
 
-        rerun = connecto("db", "import", "synister", export, "--db", DB, env=env)
-        assert rerun.returncode == 0, rerun.stderr
-        assert f"synapses: {SYNAPSES} inserted" in rerun.stdout
-        assert _counts(state.uri) == (SYNAPSES, SKELETONS, 0)
-    finally:
-        server.stop()
+    rerun = connecto("db", "import", "synister", crash.export, "--db", DB, env=crash.env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"synapses: {SYNAPSES} inserted" in rerun.stdout
+    assert _counts(state.uri) == (SYNAPSES, SKELETONS, 0)
 
 
-def test_killed_import_is_rolled_back_by_the_next_import(connecto, tmp_path: Path) -> None:
-    export = _synister_export(tmp_path / "export")
-    env = {"CONNECTO_MONGO_URI": "", "CONNECTO_DATA_DIR": str(tmp_path / "data")}
-    server = LocalServer(tmp_path / "data")
-    state, _ = server.start()
-    try:
-        process = _start_import(export, env)
-        _wait_for_synapses(state.uri, process)
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
-        synapses, skeletons, journal = _counts(state.uri)
-        assert 0 < synapses < SYNAPSES and skeletons == SKELETONS and journal > 0
+def test_killed_import_is_rolled_back_by_the_next_import(connecto, crash: Crash) -> None:
+    process = crash.import_until_synapses_land()
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    synapses, skeletons, journal = _counts(crash.uri)
+    assert 0 < synapses < SYNAPSES and skeletons == SKELETONS and journal > 0
 
-        recover = connecto("db", "recover", "--db", DB, env=env)
-        assert recover.returncode == 0, recover.stderr
-        assert f"synister import of {export}" in recover.stderr
-        assert _counts(state.uri) == (0, 0, 0)
+    recover = connecto("db", "recover", "--db", DB, env=crash.env)
+    assert recover.returncode == 0, recover.stderr
+    assert f"synister import of {crash.export}" in recover.stderr
+    assert _counts(crash.uri) == (0, 0, 0)
 
-        process = _start_import(export, env)  # killed again; this time the rerun recovers
-        _wait_for_synapses(state.uri, process)
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
-        rerun = connecto("db", "import", "synister", export, "--db", DB, env=env)
-        assert rerun.returncode == 0, rerun.stderr
-        assert f"synapses: {SYNAPSES} inserted, 0 unchanged" in rerun.stdout
-        assert _counts(state.uri) == (SYNAPSES, SKELETONS, 0)
-    finally:
-        server.stop()
+    process = crash.import_until_synapses_land()  # killed again; the rerun recovers
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    rerun = connecto("db", "import", "synister", crash.export, "--db", DB, env=crash.env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"synapses: {SYNAPSES} inserted, 0 unchanged" in rerun.stdout
+    assert _counts(crash.uri) == (SYNAPSES, SKELETONS, 0)

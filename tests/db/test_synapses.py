@@ -15,15 +15,9 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from connecto import ConnectoError
-from connecto.db import synapses as synapse_db
-from connecto.db.synapses import (
-    export_synister,
-    import_csv,
-    import_synister,
-    synapse_stats,
-    synapses_by_class,
-    write_synapse_data,
-)
+from connecto.db import synapse_import
+from connecto.db.synapse_import import import_csv, import_synister, write_synapse_data
+from connecto.db.synapses import export_synister, synapse_stats, synapses_by_class
 from connecto.splits import plan_split
 from tests import synapse_fixtures
 from tests.conftest import FAFB, MANC, needs_fafb, needs_manc, require_shared_data
@@ -232,7 +226,8 @@ def test_failed_write_is_undone(
     """A failure on the server mid-import (here: a unique position index the user added)
     removes what was inserted and restores what was replaced."""
     small_db.synapses.create_index([("z", 1), ("y", 1), ("x", 1)], unique=True, name="unique_pos")
-    monkeypatch.setattr(synapse_db, "WRITE_CHUNK", 2)  # several insert batches before the failure
+    # several insert batches before the failure
+    monkeypatch.setattr(synapse_import, "WRITE_CHUNK", 2)
     before = snapshot(small_db)
     synapses = [
         {"synapse_id": 100 + i, "x": 1000.0 + i, "y": 1.0, "z": 1.0, "skeleton_id": 10}

@@ -11,7 +11,14 @@ import pytest
 from connecto import ConnectoError
 from connecto.config import WorkerConfig
 from connecto.launch.apptainer import ApptainerLauncher, apptainer_binary
-from connecto.launch.base import Resources, Task, job_script, read_exit_file, write_env_file
+from connecto.launch.base import (
+    JobBatch,
+    Resources,
+    Task,
+    job_script,
+    read_exit_file,
+    write_env_file,
+)
 from connecto.launch.docker import DockerLauncher, needs_host_network
 from connecto.launch.lsf import bsub_argv, lsf_time
 from connecto.launch.slurm import exit_code, sbatch_argv, to_status
@@ -160,7 +167,6 @@ def test_lsf_executes(tmp_path: Path) -> None:  # pragma: no cover - needs LSF
     from connecto.launch.lsf import LsfScheduler
 
     t = Task(("true",), tmp_path, tmp_path / "j.log", "j")
-    ids = LsfScheduler().submit(
-        [["true"]], [t], Resources(), "connecto-test", {}, tmp_path / "j.sh"
-    )
+    batch = JobBatch([["true"]], [t], Resources(), "connecto-test", {}, tmp_path / "j.sh")
+    ids = LsfScheduler().submit(batch)
     assert ids and ids[0].isdigit()

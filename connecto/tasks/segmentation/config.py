@@ -12,7 +12,7 @@ from funlib.geometry import Roi
 from pydantic import Field, model_validator
 
 from connecto import ConnectoError
-from connecto.config import ConfigModel, PositiveInt, Shape3, load_config
+from connecto.config import ConfigModel, PositiveInt, Shape3, TrainingSettings, load_config
 from connecto.postprocess.agglomerate import MERGE_FUNCTIONS
 
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -23,13 +23,19 @@ STEPS = ("predict", "fragments", "agglomerate", "extract", "evaluate")
 CONFIG_NAME = "segment_config.toml"
 
 
-class SegmentationTrainConfig(ConfigModel):
+class SegmentationTrainConfig(TrainingSettings):
     """Affinities + LSDs (MTLSD) training; the segmentation pipeline reads it."""
 
     task: Literal["segmentation"] = "segmentation"
     raw_container: str
     raw_dataset: str = "volumes/raw"
+    labels_container: str | None = Field(
+        default=None, description="zarr/N5 with the labels; None: raw_container"
+    )
     labels_dataset: str = "volumes/labels/neuron_ids"
+    unlabelled_container: str | None = Field(
+        default=None, description="zarr/N5 with the unlabelled mask; None: labels_container"
+    )
     unlabelled_dataset: str | None = None
     voxel_size: Shape3 = (10, 10, 10)
     train_roi: list[list[int]] | None = Field(
@@ -50,11 +56,6 @@ class SegmentationTrainConfig(ConfigModel):
     grow_boundary: Annotated[int, Field(ge=0)] = 1
     batch_size: PositiveInt = 1
     learning_rate: float = Field(default=5e-5, gt=0)
-    save_every: PositiveInt = 1000
-    snapshot_every: PositiveInt = 1000
-    log_every: PositiveInt = 10
-    augment: bool = True
-    seed: int | None = None
 
     @model_validator(mode="after")
     def _check_shapes(self) -> SegmentationTrainConfig:
@@ -84,6 +85,14 @@ class SegmentationTrainConfig(ConfigModel):
         return self
 
     @property
+    def labels_source(self) -> str:
+        return self.labels_container or self.raw_container
+
+    @property
+    def unlabelled_source(self) -> str:
+        return self.unlabelled_container or self.labels_source
+
+    @property
     def network_output_shape(self) -> tuple[int, int, int]:
         from connecto.tasks.segmentation.model import output_shape
 
@@ -111,7 +120,14 @@ class SegmentConfig(ConfigModel):
     fragments_dataset: str = "fragments"
     segmentation_dataset: str = "segmentation"
     roi: list[list[int]] | None = Field(
-        default=None, description="[[z, y, x] offset nm, [z, y, x] shape nm]; None: all"
+        default=None,
+        description="[[z, y, x] offset nm, [z, y, x] shape nm]; None: all. The region "
+        "evaluate reports (the test region)",
+    )
+    validation_roi: list[list[int]] | None = Field(
+        default=None,
+        description="[[z, y, x] offset nm, [z, y, x] shape nm], disjoint from roi: evaluate "
+        "chooses the threshold here (lowest VOI) and reports roi at that threshold",
     )
     # blockwise processing
     neighborhood: list[Shape3] = Field(default_factory=lambda: [(1, 0, 0), (0, 1, 0), (0, 0, 1)])
@@ -160,15 +176,44 @@ class SegmentConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> SegmentConfig:
-        if self.roi is not None and (len(self.roi) != 2 or any(len(r) != 3 for r in self.roi)):
-            raise ValueError("roi must be [[z, y, x] offset, [z, y, x] shape] in nm")
+        for key in ("roi", "validation_roi"):
+            value = getattr(self, key)
+            if value is not None and (len(value) != 2 or any(len(r) != 3 for r in value)):
+                raise ValueError(f"{key} must be [[z, y, x] offset, [z, y, x] shape] in nm")
+        if self.validation_roi is not None:
+            if self.roi is None:
+                raise ValueError(
+                    "validation_roi needs roi (the test region, disjoint from it): "
+                    "without roi the whole volume, validation included, is evaluated"
+                )
+            if self.test_region.intersects(self.validation_region):  # type: ignore[union-attr]
+                raise ValueError(
+                    f"roi {self.roi} and validation_roi {self.validation_roi} overlap: "
+                    "they must be disjoint"
+                )
         if len(set(self.thresholds)) != len(self.thresholds):
             raise ValueError(f"thresholds {self.thresholds} has duplicates")
         return self
 
     @property
-    def total_roi(self) -> Roi | None:
+    def test_region(self) -> Roi | None:
+        """`roi`: the region evaluate reports (None: all of the segmentation)."""
         return None if self.roi is None else Roi(self.roi[0], self.roi[1])
+
+    @property
+    def validation_region(self) -> Roi | None:
+        if self.validation_roi is None:
+            return None
+        return Roi(self.validation_roi[0], self.validation_roi[1])
+
+    @property
+    def total_roi(self) -> Roi | None:
+        """The region every step processes: `roi`, with `validation_roi` the box around
+        both (one segmentation, thresholds chosen on one part and reported on the other)."""
+        test, validation = self.test_region, self.validation_region
+        if test is None or validation is None:
+            return test
+        return test.union(validation)
 
     @property
     def prefix(self) -> str:

@@ -41,15 +41,65 @@ PRED_AFFS = gp.ArrayKey("PRED_AFFS")
 CACHE_SIZE_PER_WORKER = 4
 
 
-def _roi(value: list[list[int]] | None, key: str, volume: Array, source: str) -> Roi:
+def _open(container: str, dataset: str, keys: tuple[str, str], source: str) -> Array:
+    """`container/dataset`, or a message naming the config keys that gave them."""
+    try:
+        return open_raw(container, dataset, keys[1])
+    except ConnectoError as error:
+        raise ConnectoError(f"{source}: key '{keys[0]}' = {container!r}: {error}") from None
+
+
+def _roi(
+    value: list[list[int]] | None, key: str, volumes: dict[str, Array], source: str
+) -> Roi | None:
+    """`value` as a Roi, checked to lie on the voxel grid and inside every volume."""
     if value is None:
-        return volume.roi
+        return None
     roi = Roi(value[0], value[1])
-    if not volume.roi.contains(roi):
-        raise ConnectoError(
-            f"{source}: key '{key}' = {value} is not inside the volume {volume.roi}"
-        )
+    if any(s <= 0 for s in roi.shape):
+        raise ConnectoError(f"{source}: key '{key}' = {value}: the shape must be positive")
+    for name, volume in volumes.items():
+        voxel_size = volume.voxel_size
+        if (roi.offset - volume.roi.offset) % voxel_size != (0,) * 3 or (
+            roi.shape % voxel_size != (0,) * 3
+        ):
+            raise ConnectoError(
+                f"{source}: key '{key}' = {value} is not on the voxel grid of the {name} "
+                f"volume (voxel size {list(voxel_size)} nm, offset {list(volume.roi.offset)})"
+            )
+        if not volume.roi.contains(roi):
+            raise ConnectoError(
+                f"{source}: key '{key}' = {value} is not inside the {name} volume "
+                f"[{list(volume.roi.offset)}, {list(volume.roi.shape)}] nm; "
+                "set it to a region of this volume"
+            )
     return roi
+
+
+def _check_shapes(
+    config: SegmentationTrainConfig, raw: Array, train_roi: Roi, source: str
+) -> None:  # fmt: skip
+    """The network's input must fit in the raw volume (else it mostly sees zero padding),
+    and its output in the train region (else it mostly learns from padded labels)."""
+    voxel_size = raw.voxel_size
+    volume = raw.roi.shape / voxel_size
+    for axis, want, have in zip("zyx", config.input_shape, volume, strict=True):
+        if want > have:
+            raise ConnectoError(
+                f"{source}: key 'input_shape' = {list(config.input_shape)} voxels does not fit "
+                f"the raw volume of {list(volume)} voxels ({want} > {have} along {axis}); "
+                f"choose at most {have} along {axis}, divisible by downsample_factors"
+            )
+    output = config.network_output_shape
+    region = train_roi.shape / voxel_size
+    for axis, want, have in zip("zyx", output, region, strict=True):
+        if want > have:
+            key = "train_roi" if config.train_roi is not None else "train_roi (unset: labels)"
+            raise ConnectoError(
+                f"{source}: key '{key}' holds {list(region)} voxels, fewer than the network's "
+                f"output {list(output)} of input_shape {list(config.input_shape)} "
+                f"({want} > {have} along {axis}); enlarge it or choose a smaller input_shape"
+            )
 
 
 def augmentations(config: SegmentationTrainConfig) -> gp.BatchFilter:
@@ -161,19 +211,32 @@ class SegmentationSnapshot:
 
 def task_parts(config: SegmentationTrainConfig, worker: WorkerConfig, source: str) -> TaskParts:
     """Everything the training driver needs for MTLSD; every check runs here first."""
-    raw = open_raw(config.raw_container, config.raw_dataset)
-    labels = open_raw(config.raw_container, config.labels_dataset)
-    unlabelled = (
-        open_raw(config.raw_container, config.unlabelled_dataset)
-        if config.unlabelled_dataset else None
-    )  # fmt: skip
-    for name, volume in (("raw", raw), ("labels", labels)):
+    raw = _open(config.raw_container, config.raw_dataset, ("raw_container", "raw_dataset"),
+                source)  # fmt: skip
+    label_keys = ("labels_container" if config.labels_container else "raw_container",
+                  "labels_dataset")  # fmt: skip
+    labels = _open(config.labels_source, config.labels_dataset, label_keys, source)
+    unlabelled = None
+    if config.unlabelled_dataset:
+        container_key = next(
+            k for k in ("unlabelled_container", "labels_container", "raw_container")
+            if getattr(config, k)
+        )  # fmt: skip
+        unlabelled = _open(config.unlabelled_source, config.unlabelled_dataset,
+                           (container_key, "unlabelled_dataset"), source)  # fmt: skip
+    volumes = {"raw": raw, "labels": labels}
+    if unlabelled is not None:
+        volumes["unlabelled"] = unlabelled
+    for name, volume in volumes.items():
         if tuple(volume.voxel_size) != tuple(config.voxel_size):
             raise ConnectoError(
                 f"{source}: key 'voxel_size' = {list(config.voxel_size)} does not match the "
                 f"voxel size {list(volume.voxel_size)} of the {name} dataset"
             )
-    train_roi = _roi(config.train_roi, "train_roi", labels, source)
+    for key in ("validation_roi", "test_roi"):
+        _roi(getattr(config, key), key, {"raw": raw, "labels": labels}, source)
+    train_roi = _roi(config.train_roi, "train_roi", volumes, source) or labels.roi
+    _check_shapes(config, raw, train_roi, source)
     model = build_mtlsd(config)
     pipeline = data_pipeline(config, raw, labels, unlabelled, train_roi, worker.num_cache_workers)
     request = batch_request(config, unlabelled is not None)

@@ -3,6 +3,7 @@ graph they read and write, and where their worker logs go."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,12 +57,32 @@ def dataset_exists(path: Path) -> bool:
     return (path / ".zarray").is_file()
 
 
+def ensure_group(path: Path) -> None:
+    """A zarr (v2) group at `path` unless one is there: its `.zgroup`, so that
+    `zarr.open` reads the container (and `segmentation/`) as a group of the datasets."""
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / ".zgroup"
+    if not marker.exists() and not (path / ".zarray").exists():
+        marker.write_text(json.dumps({"zarr_format": 2}, indent=4) + "\n")
+
+
+def ensure_container(config: SegmentConfig) -> Path:
+    """The output container as a zarr group (created when missing; N5 left as it is)."""
+    container = Path(config.output_container)
+    if container.suffix.lower() != ".n5":
+        ensure_group(container)
+    return container
+
+
 def work_roi(config: SegmentConfig, available: Roi, source: str) -> Roi:
     roi = config.total_roi
     if roi is None:
         return available
     if not available.contains(roi):
-        raise ConnectoError(f"roi {config.roi} (nm) is not inside {source} ({available})")
+        what = f"roi {config.roi}"
+        if config.validation_roi is not None:
+            what += f" with validation_roi {config.validation_roi} ({roi})"
+        raise ConnectoError(f"{what} (nm) is not inside {source} ({available})")
     return roi
 
 

@@ -7,13 +7,14 @@ Each step skips the work a previous run finished (block bookkeeping, existing ou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mwatershed as mws
 import numpy as np
 from funlib.geometry import Coordinate, Roi
-from funlib.persistence import open_ds, prepare_ds
+from funlib.persistence import Array, open_ds, prepare_ds
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from volara.datasets import Affs, Labels
@@ -47,12 +48,23 @@ from connecto.tasks.segmentation.steps import (
     StepResult,
     dataset_exists,
     dataset_path,
+    ensure_container,
+    ensure_group,
     graph_config,
     logs_in,
     open_graph,
     open_volume,
     work_roi,
 )
+
+# fewer ground-truth objects than this in validation_roi make the chosen threshold noisy
+MIN_VALIDATION_OBJECTS = 50
+# the largest fragment of each block covering this share of the volume on average: the
+# affinities separate nothing (the ground truth itself gives about 0.65 at 32^3 blocks,
+# 0.5 at 64^3 on NeuroProof)
+FILLED_BLOCKS = 0.9
+SELECTED_ON_VALIDATION = "validation_roi"
+SELECTED_ON_EVALUATED = "evaluated_roi"  # no validation_roi: chosen on what is reported
 
 
 @dataclass(frozen=True)
@@ -289,13 +301,34 @@ def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepR
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate(config: SegmentConfig) -> list[ThresholdScore]:
-    """VOI split/merge, adapted Rand error and expected run length (along skeletons of
-    the ground truth) of every threshold's segmentation against the ground truth over
-    the ROI, stored in the tracking database `scores`."""
-    if config.labels_container is None:
-        raise ConnectoError("labels_container is not set in the segment config")
-    labels = open_volume(config.labels_container, config.labels_dataset)
+@dataclass
+class Evaluation:
+    """Every threshold scored over `roi` (the reported region) and, with a
+    `validation_roi`, over that region too; the threshold is chosen (lowest VOI) on the
+    validation region, or without one on the reported region itself (optimistic)."""
+
+    scores: list[ThresholdScore]  # over roi: what is reported
+    validation: list[ThresholdScore]  # over validation_roi; empty without one
+    chosen: ThresholdScore  # the reported region's score at the chosen threshold
+    selected_on: str  # SELECTED_ON_VALIDATION or SELECTED_ON_EVALUATED
+    selection_roi: list[list[int]] | None  # the region that chose (None: the whole volume)
+    validation_objects: int | None = None  # ground-truth objects in validation_roi
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def honest(self) -> bool:
+        return self.selected_on == SELECTED_ON_VALIDATION
+
+    @property
+    def chosen_validation(self) -> ThresholdScore | None:
+        return next((r for r in self.validation if r.threshold == self.chosen.threshold), None)
+
+
+def _score_region(
+    config: SegmentConfig, labels: Array, region: Roi | None, what: str
+) -> tuple[list[ThresholdScore], int]:
+    """Every threshold's scores over `region` (None: the segmentation's ROI, or the
+    config's), and the number of ground-truth objects there."""
     voxel_size = tuple(labels.voxel_size)
     results = []
     truth: np.ndarray | None = None
@@ -306,7 +339,16 @@ def evaluate(config: SegmentConfig) -> list[ThresholdScore]:
         if not dataset_exists(path):
             raise ConnectoError(f"{path}: no segmentation; run `connecto segment extract`")
         segmentation = open_ds(path, mode="r")
-        roi = work_roi(config, segmentation.roi, str(path))
+        if region is None:
+            roi = work_roi(config, segmentation.roi, str(path))
+        elif not segmentation.roi.contains(region):
+            raise ConnectoError(
+                f"{what} {region} is not inside the segmentation {path} "
+                f"({segmentation.roi}): rerun `connecto segment run --overwrite` after "
+                "changing roi or validation_roi"
+            )
+        else:
+            roi = region
         if truth is None:  # the same region for every threshold
             truth = labels.to_ndarray(roi, fill_value=0)
             skeletons = skeletonize_labels(truth, voxel_size, tuple(roi.offset))
@@ -318,8 +360,51 @@ def evaluate(config: SegmentConfig) -> list[ThresholdScore]:
             else None
         )
         results.append(ThresholdScore(threshold, name, scores, run_length))
-    _store_scores(config, results)
-    return results
+    assert truth is not None
+    objects = int(np.unique(truth[truth != 0]).size)
+    return results, objects
+
+
+def evaluate(config: SegmentConfig) -> Evaluation:
+    """VOI split/merge, adapted Rand error and expected run length (along skeletons of
+    the ground truth) of every threshold's segmentation against the ground truth over
+    `roi`, and over `validation_roi` when given; the threshold is chosen by VOI on the
+    validation region (else on `roi` itself); all stored in the tracking `scores`."""
+    if config.labels_container is None:
+        raise ConnectoError("labels_container is not set in the segment config")
+    labels = open_volume(config.labels_container, config.labels_dataset)
+    warnings = []
+    validation: list[ThresholdScore] = []
+    objects = None
+    if config.validation_region is not None:
+        validation, objects = _score_region(
+            config, labels, config.validation_region, "validation_roi"
+        )
+        if objects < MIN_VALIDATION_OBJECTS:
+            warnings.append(
+                f"warning: validation_roi holds {objects} ground-truth objects (fewer than "
+                f"{MIN_VALIDATION_OBJECTS}): the threshold chosen there is noisy; a larger "
+                "validation_roi chooses more reliably"
+            )
+    results, _ = _score_region(config, labels, config.test_region, "roi")
+    chosen, selected_on = select_threshold(results, validation)
+    selection_roi = config.validation_roi if validation else config.roi
+    evaluation = Evaluation(
+        results, validation, chosen, selected_on, selection_roi, objects, warnings
+    )
+    _store_scores(config, evaluation)
+    return evaluation
+
+
+def select_threshold(
+    results: list[ThresholdScore], validation: list[ThresholdScore]
+) -> tuple[ThresholdScore, str]:
+    """The reported score at the threshold chosen on `validation` (lowest VOI, then
+    ARAND), and where it was chosen; without validation scores, `results`' own best."""
+    if not validation:
+        return best_threshold(results), SELECTED_ON_EVALUATED
+    threshold = best_threshold(validation).threshold
+    return next(r for r in results if r.threshold == threshold), SELECTED_ON_VALIDATION
 
 
 def best_threshold(results: list[ThresholdScore]) -> ThresholdScore:
@@ -337,25 +422,103 @@ def _run_length_fields(run_length: RunLengthScores | None) -> dict:
     }
 
 
-def _store_scores(config: SegmentConfig, results: list[ThresholdScore]) -> None:
+def _store_scores(config: SegmentConfig, evaluation: Evaluation) -> None:
+    """One document per threshold and region: `region` "roi" (the reported one, keyed
+    by the dataset) or "validation_roi" (keyed `<dataset>@validation_roi`); `best` marks
+    the chosen threshold, `selected_on`/`selection_roi` name the region that chose it."""
     db = tracking_database()
-    best = best_threshold(results)
-    for result in results:
-        store_score(db, "segmentation", f"{config.output_container}/{result.dataset}", {
-            "container": config.output_container,
-            "dataset": result.dataset,
-            "graph": f"{config.db_name}.{config.graph}",
-            "threshold": result.threshold,
-            "voi_split": result.scores.voi_split,
-            "voi_merge": result.scores.voi_merge,
-            "voi": result.scores.voi,
-            "arand": result.scores.arand,
-            "voxels": result.scores.voxels,
-            **_run_length_fields(result.run_length),
-            "roi": config.roi,
-            "best": result is best,
-            "git_commit": git_commit(),
-        })  # fmt: skip
+    commit = git_commit()
+    regions = [("roi", config.roi, evaluation.scores, "")]
+    if evaluation.validation:
+        regions.append(("validation_roi", config.validation_roi, evaluation.validation,
+                        "@validation_roi"))  # fmt: skip
+    for region, roi, results, suffix in regions:
+        for result in results:
+            key = f"{config.output_container}/{result.dataset}{suffix}"
+            store_score(db, "segmentation", key, {
+                "container": config.output_container,
+                "dataset": result.dataset,
+                "graph": f"{config.db_name}.{config.graph}",
+                "threshold": result.threshold,
+                "voi_split": result.scores.voi_split,
+                "voi_merge": result.scores.voi_merge,
+                "voi": result.scores.voi,
+                "arand": result.scores.arand,
+                "voxels": result.scores.voxels,
+                **_run_length_fields(result.run_length),
+                "region": region,
+                "roi": roi,
+                "best": result.threshold == evaluation.chosen.threshold,
+                "chosen_threshold": evaluation.chosen.threshold,
+                "selected_on": evaluation.selected_on,
+                "selection_roi": evaluation.selection_roi,
+                "git_commit": commit,
+            })  # fmt: skip
+
+
+# ---------------------------------------------------------------- is the model trained?
+
+
+def fragment_fill(config: SegmentConfig) -> float | None:
+    """The share of the volume that the largest fragment of each block covers: near 1
+    when every block is one fragment (affinities that separate nothing)."""
+    path = dataset_path(config, config.fragments_dataset)
+    if not dataset_exists(path):
+        return None
+    frags = open_ds(path, mode="r")
+    voxel_size = np.array(frags.voxel_size, dtype=np.float64)
+    roi = work_roi(config, frags.roi, str(path))
+    nodes = open_graph(config).read_node_columns(roi, read_attrs=["position", "size"])
+    if len(nodes) == 0:
+        return None
+    positions = np.array(
+        [(np.nan,) * 3 if p is None else p for p in nodes["position"].tolist()], dtype=float
+    ).reshape(len(nodes), 3)
+    sizes = np.array([0 if v is None else v for v in nodes["size"].tolist()], dtype=float)
+    known = np.isfinite(positions).all(axis=1)
+    block = np.array(config.block_size, dtype=float) * voxel_size
+    index = np.floor((positions[known] - np.array(roi.offset)) / block).astype(np.int64)
+    _, inverse = np.unique(index, axis=0, return_inverse=True)
+    largest = np.zeros(inverse.max() + 1 if inverse.size else 0)
+    np.maximum.at(largest, inverse.ravel(), sizes[known])
+    total = float(np.prod(np.array(roi.shape) / voxel_size))
+    return float(largest.sum() / total)
+
+
+def segment_counts(config: SegmentConfig, base: Path) -> dict[float, int]:
+    """Segments per threshold, from the lookup tables `extract` saved."""
+    counts = {}
+    for threshold in config.thresholds:
+        lut = LUT(path=base / "luts" / f"{config.graph}_{threshold_name(threshold)}.npz")
+        if lut.path.exists():
+            counts[threshold] = int(np.unique(lut.load()[1]).size)
+    return counts
+
+
+def untrained_warning(
+    config: SegmentConfig, fill: float | None, counts: dict[float, int]
+) -> str | None:
+    """One line when the fragments or the segmentations look like an untrained model's."""
+    signs = []
+    if fill is not None and fill >= FILLED_BLOCKS:
+        signs.append(f"the largest fragment of each block covers {fill:.0%} of the volume")
+    if len(counts) >= 2 and all(n == 1 for n in counts.values()):
+        signs.append(f"all {len(counts)} thresholds give one segment")
+    if not signs:
+        return None
+    if config.checkpoint is None:
+        source = "no checkpoint configured: check how the affinities were made"
+    else:
+        found = re.search(r"model_checkpoint_(\d+)$", Path(config.checkpoint).name)
+        source = f"checkpoint {Path(config.checkpoint).name}" + (
+            f", iteration {int(found.group(1))}" if found else ""
+        )
+    return (
+        f"warning: {' and '.join(signs)}: the affinities separate no cells, likely an "
+        f"untrained or under-trained model ({source}); segmentation networks need tens "
+        "to hundreds of thousands of iterations (the LSD paper trains for several "
+        "hundred thousand), not a few thousand"
+    )
 
 
 # ---------------------------------------------------------------- the command's entry point
@@ -364,11 +527,16 @@ def _store_scores(config: SegmentConfig, results: list[ThresholdScore]) -> None:
 @dataclass
 class SegmentReport:
     steps: list[StepResult]
-    scores: list[ThresholdScore]
+    evaluation: Evaluation | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def scores(self) -> list[ThresholdScore]:
+        return self.evaluation.scores if self.evaluation else []
 
     @property
     def best(self) -> ThresholdScore | None:
-        return best_threshold(self.scores) if self.scores else None
+        return self.evaluation.chosen if self.evaluation else None
 
 
 def predict(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
@@ -391,7 +559,9 @@ def make_gt_affinities(
 ) -> SegmentReport:
     """`connecto segment gt-affinities`: perfect or degraded affinities from the labels."""
     config, _ = load_segment_config(config_path)
-    return SegmentReport([gt_affinities(config, overwrite, degradation, seed)], [])
+    report = SegmentReport([gt_affinities(config, overwrite, degradation, seed)])
+    ensure_container(config)  # after the step: a refused one leaves nothing behind
+    return report
 
 
 def run_steps(
@@ -402,7 +572,9 @@ def run_steps(
     if unknown:
         raise ConnectoError(f"unknown segment steps {unknown}; known: {', '.join(STEPS)}")
     config, base = load_segment_config(config_path)
-    report = SegmentReport([], [])
+    report = SegmentReport([])
+    fill: float | None = None
+    counts: dict[float, int] = {}
     for step in steps:
         if step == "gt-affinities":
             report.steps.append(gt_affinities(config, overwrite=overwrite))
@@ -410,15 +582,26 @@ def run_steps(
             report.steps.append(predict(config, base, overwrite=overwrite))
         elif step == "fragments":
             report.steps.append(fragments(config, base, overwrite=overwrite))
+            fill = fragment_fill(config)
         elif step == "agglomerate":
             report.steps.append(agglomerate(config, base, overwrite=overwrite))
         elif step == "extract":
             report.steps.append(extract(config, base, overwrite=overwrite))
+            ensure_group(dataset_path(config, config.segmentation_dataset))
+            counts = segment_counts(config, base)
         elif step == "evaluate":
             if config.labels_container is None and list(steps) != ["evaluate"]:
                 report.steps.append(StepResult("evaluate", True, "no labels_container"))
                 continue
-            report.scores = evaluate(config)
-            best = best_threshold(report.scores)
-            report.steps.append(StepResult("evaluate", False, f"best threshold {best.threshold}"))
+            report.evaluation = evaluate(config)
+            report.warnings.extend(report.evaluation.warnings)
+            chosen = report.evaluation.chosen.threshold
+            on = "validation_roi" if report.evaluation.honest else "the evaluated roi itself"
+            report.steps.append(
+                StepResult("evaluate", False, f"best threshold {chosen}, chosen on {on}")
+            )
+        ensure_container(config)  # after a step wrote into it: a refused one leaves nothing
+    untrained = untrained_warning(config, fill, counts)
+    if untrained is not None:
+        report.warnings.insert(0, untrained)
     return report

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import configparser
 import math
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -18,11 +17,11 @@ from connecto.config import (
     Shape3,
     SplitName,
     SplitPart,
+    TrainingSettings,
     WorkerConfig,
     checkpoint_iteration,
     load_config,
-    one_line,
-    read_text,
+    parse_ini,
 )
 from connecto.names import check_name, predictions_database_name
 
@@ -90,15 +89,8 @@ class SynapseModelConfig(ConfigModel):
         return [*self.synapse_types, *(["neither"] if self.neither_class else [])]
 
 
-class SynapseTrainConfig(SynapseModelConfig):
+class SynapseTrainConfig(SynapseModelConfig, TrainingSettings):
     ini_section: ClassVar[str | None] = "Training"
-
-    learning_rate: float = Field(default=1e-4, gt=0)
-    save_every: PositiveInt = 1000
-    snapshot_every: PositiveInt = 1000
-    log_every: PositiveInt = 10
-    augment: bool = True
-    seed: int | None = None
 
 
 class SynapsePredictConfig(SynapseModelConfig):
@@ -130,12 +122,7 @@ INI_MODELS: dict[str, tuple[type[BaseModel], str]] = {
 
 def convert_ini(path: Path) -> tuple[BaseModel, str]:
     """Load a synister INI into its model; returns (config, TOML file stem)."""
-    parser = configparser.ConfigParser()
-    text = read_text(path)
-    try:
-        parser.read_string(text, source=str(path))
-    except configparser.Error as error:
-        raise ConnectoError(f"{path}: not a valid INI file: {one_line(error)}") from None
+    parser = parse_ini(path)
     known = [s for s in parser.sections() if s in INI_MODELS]
     if len(known) != 1:
         raise ConnectoError(

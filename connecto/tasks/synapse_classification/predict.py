@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from pymongo.collection import Collection
+from pymongo.database import Database
 from tqdm import tqdm
 
 from connecto import ConnectoError
@@ -202,9 +204,7 @@ def refuse(setups: Sequence[tuple[PredictSetup, SynapsePredictConfig]], overwrit
         if Path(config.train_checkpoint).is_file():  # an absent one is named by the caller
             read_checkpoint(config.train_checkpoint)  # damaged: refused before any write
         refuse_foreign_collection(tracking_database(), setup.path, config)
-        synapses = split_synapses(config)
-        if not synapses:
-            raise no_synapses(config)
+        synapses = required_synapses(config)
         if overwrite or config.overwrite:
             continue
         database, name = prediction_target(config)
@@ -216,6 +216,14 @@ def refuse(setups: Sequence[tuple[PredictSetup, SynapsePredictConfig]], overwrit
             f"{', '.join(complete)} already holds predictions for all synapses; "
             "use --overwrite to predict again"
         )
+
+
+def required_synapses(config: SynapsePredictConfig) -> list[dict[str, Any]]:
+    """`split_synapses`, refused when there are none."""
+    synapses = split_synapses(config)
+    if not synapses:
+        raise no_synapses(config)
+    return synapses
 
 
 def no_synapses(config: SynapsePredictConfig) -> ConnectoError:
@@ -238,6 +246,25 @@ def run_prediction(
         return _run_prediction(setup, overwrite, workers, batch_size, progress)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One run of a predict setup, its collection prepared: where the predictions go and
+    which synapses are still to predict."""
+
+    setup: PredictSetup
+    config: SynapsePredictConfig
+    tracking: Database
+    database: str
+    name: str
+    collection: Collection
+    expected: int  # synapses of the split part
+    todo: list[dict[str, Any]]  # those without a prediction yet
+
+    @property
+    def resumed_from(self) -> int:
+        return self.expected - len(self.todo)
+
+
 def _run_prediction(
     setup: PredictSetup, overwrite: bool, workers: int, batch_size: int | None, progress: bool
 ) -> PredictionRun:
@@ -247,9 +274,20 @@ def _run_prediction(
     if not checkpoint.is_file():
         raise ConnectoError(f"{setup.path}: checkpoint {checkpoint} does not exist")
     batch = batch_size or config.batch_size
-    synapses = split_synapses(config)
-    if not synapses:
-        raise no_synapses(config)
+    run = _prepare_run(setup, config, overwrite)
+    track_prediction_run(run.tracking, str(setup.path), _started_record(run, workers, batch))
+    job = _job_for(run, workers, batch)
+    _predict_tracked(run, job, workers, progress)
+    return PredictionRun(
+        setup, run.database, run.name, config.iteration, config.split_part, run.expected,
+        run.resumed_from, len(run.todo),
+    )  # fmt: skip
+
+
+def _prepare_run(setup: PredictSetup, config: SynapsePredictConfig, overwrite: bool) -> _Run:
+    """Refuse a foreign collection, then open (or drop, with `overwrite`) this setup's
+    collection and find the synapses it still lacks."""
+    synapses = required_synapses(config)
     database, name = prediction_target(config)
     tracking = tracking_database()
     refuse_foreign_collection(tracking, setup.path, config)  # before it is touched
@@ -259,53 +297,55 @@ def _run_prediction(
     )
     missing = set(missing_ids)
     todo = [s for s in synapses if s["synapse_id"] in missing]
-    setup_dir = str(setup.path)
-    track_prediction_run(
-        tracking,
-        setup_dir,
-        {
-            "experiment": setup.experiment,
-            "base": str(setup.base),
-            "train_id": setup.train_id,
-            "predict_id": setup.predict_id,
-            "iteration": config.iteration,
-            "checkpoint": str(checkpoint),
-            "data_db": config.db_name_data,
-            "split_name": config.split_name,
-            "split_part": config.split_part,
-            "predictions_db": database,
-            "collection": name,
-            "owner": collection_owner(setup.path, config),
-            "class_names": config.class_names,
-            "expected": len(expected),
-            "written": len(expected) - len(todo),
-            "state": "running",
-            "started": now(),
-            "workers": workers,
-            "batch_size": batch,
-            "error": None,
-            **process_record(),
-        },
-    )
-    job = _Job(
-        config=config.model_dump(mode="json"),
+    return _Run(setup, config, tracking, database, name, collection, len(expected), todo)
+
+
+def _started_record(run: _Run, workers: int, batch: int) -> dict[str, Any]:
+    """The tracking document of a run that starts now."""
+    setup, config = run.setup, run.config
+    return {
+        "experiment": setup.experiment,
+        "base": str(setup.base),
+        "train_id": setup.train_id,
+        "predict_id": setup.predict_id,
+        "iteration": config.iteration,
+        "checkpoint": str(Path(config.train_checkpoint)),
+        "data_db": config.db_name_data,
+        "split_name": config.split_name,
+        "split_part": config.split_part,
+        "predictions_db": run.database,
+        "collection": run.name,
+        "owner": collection_owner(setup.path, config),
+        "class_names": config.class_names,
+        "expected": run.expected,
+        "written": run.resumed_from,
+        "state": "running",
+        "started": now(),
+        "workers": workers,
+        "batch_size": batch,
+        "error": None,
+        **process_record(),
+    }
+
+
+def _job_for(run: _Run, workers: int, batch: int) -> _Job:
+    return _Job(
+        config=run.config.model_dump(mode="json"),
         mongo_uri=resolve_uri(load_settings()),
         timeout_s=load_settings().mongo_timeout_s,
-        database=database,
-        collection=name,
+        database=run.database,
+        collection=run.name,
         batch_size=batch,
-        threads=prediction_threads(setup.worker_config().num_cpus, workers),
+        threads=prediction_threads(run.setup.worker_config().num_cpus, workers),
     )
+
+
+def _predict_tracked(run: _Run, job: _Job, workers: int, progress: bool) -> None:
+    """Predict what is left; however that ends, the tracking document gets the state
+    (done, failed or interrupted) and the count of documents actually written."""
     state, error = "done", None
     try:
-        with tqdm(
-            total=len(expected), initial=len(expected) - len(todo), unit="synapse",
-            desc=f"predict {name}", disable=not progress, dynamic_ncols=True,
-        ) as bar:  # fmt: skip
-            if workers == 1 or len(todo) <= batch:
-                predict_share(job, todo, bar.update)
-            else:
-                _run_workers(job, todo, workers, bar.update)
+        _predict_with_progress(run, job, workers, progress)
     except KeyboardInterrupt:
         state, error = "interrupted", "interrupted"
         raise
@@ -313,19 +353,33 @@ def _run_prediction(
         state, error = "failed", str(failure) or type(failure).__name__
         raise
     finally:
-        written = collection.count_documents({})
-        if state == "done" and written < len(expected):
-            state, error = "failed", f"{len(expected) - written} synapses have no prediction"
-        track_prediction_run(
-            tracking, setup_dir, {"state": state, "written": written, "finished": now(),
-                                  "error": error},
-        )  # fmt: skip
+        state, error = _track_finished(run, state, error)
     if state != "done":
-        raise ConnectoError(f"{setup.path}: {error}")
-    return PredictionRun(
-        setup, database, name, config.iteration, config.split_part, len(expected),
-        len(expected) - len(todo), len(todo),
+        raise ConnectoError(f"{run.setup.path}: {error}")
+
+
+def _predict_with_progress(run: _Run, job: _Job, workers: int, progress: bool) -> None:
+    with tqdm(
+        total=run.expected, initial=run.resumed_from, unit="synapse",
+        desc=f"predict {run.name}", disable=not progress, dynamic_ncols=True,
+    ) as bar:  # fmt: skip
+        if workers == 1 or len(run.todo) <= job.batch_size:
+            predict_share(job, run.todo, bar.update)
+        else:
+            _run_workers(job, run.todo, workers, bar.update)
+
+
+def _track_finished(run: _Run, state: str, error: str | None) -> tuple[str, str | None]:
+    """Record how the run ended; a run that ended without error but left synapses without
+    a prediction failed."""
+    written = run.collection.count_documents({})
+    if state == "done" and written < run.expected:
+        state, error = "failed", f"{run.expected - written} synapses have no prediction"
+    track_prediction_run(
+        run.tracking, str(run.setup.path),
+        {"state": state, "written": written, "finished": now(), "error": error},
     )  # fmt: skip
+    return state, error
 
 
 # ---------------------------------------------------------------- the work itself
@@ -367,7 +421,6 @@ def predict_share(job: _Job, synapses: list[dict[str, Any]], report: Callable[[i
     model = load_model_from_checkpoint(config, config.train_checkpoint, device)
     raw = open_raw(config.raw_container, config.raw_dataset)
     collection = connect(job.mongo_uri, job.timeout_s)[job.database][job.collection]
-    names = config.class_names
     shape = config.input_shape
 
     def read(batch: list[dict[str, Any]]) -> np.ndarray:
@@ -382,12 +435,7 @@ def predict_share(job: _Job, synapses: list[dict[str, Any]], report: Callable[[i
             data = crops.result()
             if k + 1 < len(batches):
                 crops = pool.submit(read, batches[k + 1])
-            logits = model(torch.from_numpy(data).to(device))
-            probabilities = torch.softmax(logits, dim=1).cpu().numpy()
-            documents = [
-                prediction_document(s, p, names, config.iteration)
-                for s, p in zip(batch, probabilities, strict=True)
-            ]
+            documents = _classify(model, device, data, batch, config)
             if pending is not None:
                 written += pending.result()
                 report(len(batches[k - 1]))
@@ -395,6 +443,22 @@ def predict_share(job: _Job, synapses: list[dict[str, Any]], report: Callable[[i
         written += pending.result() if pending is not None else 0
         report(len(batches[-1]))
     return written
+
+
+def _classify(
+    model: torch.nn.Module,
+    device: str,
+    data: np.ndarray,
+    batch: list[dict[str, Any]],
+    config: SynapsePredictConfig,
+) -> list[dict[str, Any]]:
+    """One prediction document per synapse of `batch`, from its crops `data`."""
+    logits = model(torch.from_numpy(data).to(device))
+    probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+    return [
+        prediction_document(s, p, config.class_names, config.iteration)
+        for s, p in zip(batch, probabilities, strict=True)
+    ]
 
 
 def _worker(job: _Job, synapses: list[dict[str, Any]], messages: mp.Queue) -> None:

@@ -16,10 +16,12 @@ from pymongo import MongoClient
 from scipy.ndimage import binary_dilation
 
 from connecto import ConnectoError
-from connecto.data.ingest import create_volume
+from connecto.config import WorkerConfig
+from connecto.data.ingest import create_volume, ingest
 from connecto.data.volumes import open_raw
 from connecto.experiment import TrainSetup, prepare_training
 from connecto.tasks import load_train_config
+from connecto.tasks.parts import TaskParts
 from connecto.tasks.segmentation.config import SegmentationTrainConfig, load_segment_config
 from connecto.tasks.segmentation.model import MtlsdModel, output_shape
 from connecto.tasks.segmentation.pipeline import (
@@ -30,15 +32,24 @@ from connecto.tasks.segmentation.pipeline import (
     PRED_LSDS,
     batch_request,
     data_pipeline,
+    task_parts,
 )
 from connecto.tasks.segmentation.steps import open_graph
-from tests.conftest import NEUROPROOF, REPO, needs_neuroproof, run_connecto
+from tests.conftest import (
+    NEUROPROOF,
+    REPO,
+    SHARED_DATA,
+    needs_neuroproof,
+    require_shared_data,
+    run_connecto,
+)
 
 pytestmark = needs_neuroproof
 SMALL_NET = [
     "input_shape=[44,44,44]", "downsample_factors=[[2,2,2]]", "fmaps=4", "fmap_inc_factor=2",
     "augment=false", "save_every=2", "snapshot_every=2", "log_every=1",
-    "train_roi=[[0,0,0],[400,640,640]]", "worker.num_cache_workers=1", "seed=1",
+    "train_roi=[[0,0,0],[400,640,640]]", "validation_roi=[[400,0,0],[120,640,640]]",
+    "test_roi=[[520,0,0],[120,640,640]]", "worker.num_cache_workers=1", "seed=1",
 ]  # fmt: skip
 
 
@@ -169,3 +180,102 @@ def test_blockwise_prediction_resumes(
     bad.write_text(f'checkpoint = "{trained.path / "model_checkpoint_99"}"\n')
     failed = connecto("segment", "predict", "-c", bad, cwd=tmp_path)
     assert failed.returncode == 1 and "no such file" in failed.stderr
+
+
+GALA = SHARED_DATA / "gala_fib_crop"
+GALA_ROIS = [
+    "train_roi=[[0,0,0],[300,1000,2000]]", "validation_roi=[[300,0,0],[200,1000,1000]]",
+    "test_roi=[[300,0,1000],[200,1000,1000]]",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gala(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The gala FIB-SEM crop (50 x 100 x 200 voxels) as a user has it: raw and labels in
+    separate HDF5 files, each one dataset `stack` without a resolution attribute;
+    ingested into separate containers, renamed."""
+    image = require_shared_data(GALA / "train-image.h5")
+    gt = require_shared_data(GALA / "train-gt.lzf.h5")
+    base = tmp_path_factory.mktemp("gala")
+    raw, labels = base / "raw.zarr", base / "labels.zarr"
+    ingest(image, raw, ["stack:volumes/raw"], (10, 10, 10), progress=False)
+    ingest(gt, labels, ["stack:volumes/labels/neuron_ids"], (10, 10, 10), progress=False)
+    return raw, labels
+
+
+def _parts(**values) -> TaskParts:
+    config = SegmentationTrainConfig(
+        **{"input_shape": (44, 44, 44), "downsample_factors": [(2, 2, 2)], **values}
+    )
+    return task_parts(config, WorkerConfig(num_cache_workers=1), "train_config.toml")
+
+
+def test_training_reads_labels_from_their_own_container(
+    gala: tuple[Path, Path], tmp_path: Path
+) -> None:
+    raw, labels = gala
+    setup, config, _ = prepare_training(
+        tmp_path, "fib", 0, task="segmentation",
+        overrides=[
+            f'raw_container="{raw}"', f'labels_container="{labels}"',
+            *(item for item in SMALL_NET if not item.split("=")[0].endswith("_roi")), *GALA_ROIS,
+        ],
+    )  # fmt: skip
+    assert config.labels_source == str(labels) and config.unlabelled_source == str(labels)
+    done = run_connecto("train", "2", cwd=setup.path)
+    assert done.returncode == 0, done.stderr
+    snapshot = zarr.open_group(str(setup.snapshot_dir / "batch_2.zarr"), mode="r")
+    ids = np.unique(snapshot["labels"][:])
+    with h5py.File(GALA / "train-gt.lzf.h5", "r") as f:
+        assert set(ids.tolist()) <= set(np.unique(f["stack"][:]).tolist())
+    assert len(ids) > 1 and np.asarray(snapshot["gt_affs"]).max() == 1
+    # the default (labels in the raw container) names the key that pointed there
+    with pytest.raises(ConnectoError, match=r"key 'raw_container' = .*raw.zarr.*"
+                       r"no dataset 'volumes/labels/neuron_ids' \(labels_dataset\)"):  # fmt: skip
+        _parts(raw_container=str(raw))
+    with pytest.raises(ConnectoError, match=r"key 'labels_container' = .*absent.zarr"):
+        _parts(raw_container=str(raw), labels_container=str(tmp_path / "absent.zarr"))
+    with pytest.raises(ConnectoError, match=r"key 'unlabelled_container'.*\(unlabelled_dataset"):
+        _parts(raw_container=str(raw), labels_container=str(labels),
+               unlabelled_container=str(raw), unlabelled_dataset="mask")  # fmt: skip
+
+
+def test_rois_and_input_shape_are_checked_against_the_volume(
+    volume: Path, gala: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A 64^3 volume at 10 nm (640 nm a side): ROIs outside it, or a network input deeper
+    than it, are refused before training, naming the key."""
+    inside = {"raw_container": str(volume), "train_roi": [[0, 0, 0], [400, 640, 640]]}
+    assert _parts(**inside).request is not None
+    for key, value in (
+        ("validation_roi", [[400, 0, 0], [500, 640, 640]]),
+        ("test_roi", [[400, 0, 0], [240, 640, 700]]),
+    ):
+        with pytest.raises(ConnectoError, match=rf"key '{key}' = .* is not inside the raw volume"):
+            _parts(**inside, **{key: value})
+    with pytest.raises(ConnectoError, match="key 'validation_roi' = .* not on the voxel grid"):
+        _parts(**inside, validation_roi=[[405, 0, 0], [200, 640, 640]])
+    with pytest.raises(ConnectoError, match=r"key 'train_roi' holds \[20, 64, 64\] voxels, "
+                       r"fewer than the network's output \[28, 28, 28\]"):  # fmt: skip
+        _parts(raw_container=str(volume), train_roi=[[0, 0, 0], [200, 640, 640]])
+    with pytest.raises(
+        ConnectoError,
+        match=r"key 'input_shape' = \[76, 76, 76\] voxels does "
+        r"not fit the raw volume of \[64, 64, 64\] voxels \(76 > 64 along z\)",
+    ):
+        _parts(raw_container=str(volume), input_shape=(76, 76, 76),
+               downsample_factors=[(2, 2, 2), (2, 2, 2)])  # fmt: skip
+    # the template on the gala crop (50 voxels deep): one line from `connecto train`
+    raw, labels = gala
+    setup, _, _ = prepare_training(
+        tmp_path, "fib", 0, task="segmentation",
+        overrides=[f'raw_container="{raw}"', f'labels_container="{labels}"', *GALA_ROIS],
+    )  # fmt: skip
+    refused = run_connecto("train", "1", cwd=setup.path)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"connecto: error: {setup.path / 'train_config'}: key 'input_shape' = [76, 76, 76] "
+        "voxels does not fit the raw volume of [50, 100, 200] voxels (76 > 50 along z); "
+        "choose at most 50 along z, divisible by downsample_factors"
+    ]
+    assert not setup.checkpoints()

@@ -9,6 +9,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pytest
+import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import open_ds
 from funlib.persistence.types import Vec
@@ -17,12 +18,18 @@ from volara.blockwise import AffAgglom
 from volara.datasets import Affs, Labels
 from volara.dbs import SQLite
 
+from connecto import ConnectoError
 from connecto.db.graph import MongoDBGraphDataBase
 from connecto.postprocess.blockwise import apply_lut, boundary_mean_affinities
 from connecto.tasks.segmentation.config import load_segment_config
-from connecto.tasks.segmentation.evaluate import score_segmentation
+from connecto.tasks.segmentation.evaluate import SegmentationScores, score_segmentation
 from connecto.tasks.segmentation.steps import open_graph, open_volume
-from connecto.tasks.segmentation.workflow import lookup_table
+from connecto.tasks.segmentation.workflow import (
+    MIN_VALIDATION_OBJECTS,
+    ThresholdScore,
+    lookup_table,
+    select_threshold,
+)
 from tests.conftest import NEUROPROOF, needs_neuroproof
 
 # a 64^3 crop (10 nm voxels) with 16 neurons; 8 blocks of 32^3
@@ -41,7 +48,7 @@ def write_config(directory: Path, db_name: str, **extra: object) -> Path:
         "thresholds": [0.25, 0.75],
         **extra,
     }
-    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in values.items()]
+    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in values.items() if v is not None]
     path = directory / "segment_config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -63,6 +70,11 @@ def test_done_when_gt_affinities_segment_run_and_evaluate(
     run = connecto("segment", "run", "-c", config, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "predict: skipped" in run.stdout and "best threshold" in run.stdout
+    assert "untrained" not in run.stdout  # perfect affinities separate every cell
+    # the output container is a zarr group of the datasets
+    container = zarr.open(str(tmp_path / "segment.zarr"), mode="r")
+    assert {"affs", "fragments", "segmentation"} <= set(container.keys())
+    assert set(container["segmentation"].keys()) == {"threshold_0.25", "threshold_0.75"}
 
     db = mongo_client[db_name]
     nodes, edges = db["neuroproof_gt_nodes"], db["neuroproof_gt_edges"]
@@ -84,8 +96,12 @@ def test_done_when_gt_affinities_segment_run_and_evaluate(
     evaluated = connecto("segment", "evaluate", "-c", config, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "VOI split" in evaluated.stdout
+    # no validation_roi: the best is chosen on what is reported, and it says so
+    assert "chosen on the evaluated data itself" in evaluated.stdout
     scores = list(mongo_client[tracking_db]["scores"].find({"kind": "segmentation"}))
     assert len(scores) == 2 and sum(s["best"] for s in scores) == 1
+    assert all(s["selected_on"] == "evaluated_roi" and s["selection_roi"] == CROP
+               for s in scores)  # fmt: skip
     best = next(s for s in scores if s["best"])
     # the membranes' voxels go to one side or the other: about 0.1 of VOI each way
     assert best["voi_split"] + best["voi_merge"] <= 0.35
@@ -185,3 +201,86 @@ def test_boundary_mean_affinities_match_volara(tmp_path: Path, id_base: int):
     }
     assert len(ours) > 10 and ours.keys() == theirs.keys()
     assert all(ours[pair] == pytest.approx(theirs[pair], abs=1e-12) for pair in ours)
+
+
+# the slab beside CROP (z 1640-1960 nm): validation ground truth disjoint from the test crop
+VALIDATION = [[1640, 1000, 1000], [320, 640, 640]]
+
+
+def test_validation_roi_must_be_disjoint_from_roi(tmp_path: Path):
+    overlapping = write_config(
+        tmp_path, "unused", validation_roi=[[1500, 1000, 1000], [320, 640, 640]]
+    )
+    with pytest.raises(ConnectoError, match="overlap"):
+        load_segment_config(overlapping)
+    alone = write_config(tmp_path, "unused", roi=None, validation_roi=VALIDATION)
+    with pytest.raises(ConnectoError, match="validation_roi needs roi"):
+        load_segment_config(alone)
+    config, _ = load_segment_config(write_config(tmp_path, "unused", validation_roi=VALIDATION))
+    assert config.total_roi == Roi((1000, 1000, 1000), (960, 640, 640))  # both processed
+
+
+def test_select_threshold_on_validation_not_on_the_reported_scores():
+    def scored(vois: list[float]) -> list[ThresholdScore]:
+        return [ThresholdScore(t, f"segmentation/{t}", SegmentationScores(v, 0.0, 0.1, 10))
+                for t, v in zip([0.3, 0.5, 0.7], vois, strict=True)]  # fmt: skip
+
+    test, validation = scored([0.2, 0.9, 0.5]), scored([0.8, 0.4, 0.6])
+    chosen, where = select_threshold(test, validation)
+    assert (chosen.threshold, chosen.scores.voi, where) == (0.5, 0.9, "validation_roi")
+    chosen, where = select_threshold(test, [])  # no validation: the reported data's own best
+    assert (chosen.threshold, where) == (0.3, "evaluated_roi")
+
+
+@needs_neuroproof
+def test_threshold_chosen_on_validation_roi_and_reported_on_roi(
+    tmp_path: Path, db_name: str, tracking_db: str, mongo_client: MongoClient, connecto
+):
+    config = write_config(tmp_path, db_name, validation_roi=VALIDATION)
+    assert connecto("segment", "gt-affinities", "-c", config, cwd=tmp_path).returncode == 0
+    run = connecto("segment", "run", "-c", config, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "validation_roi (chooses the threshold)" in run.stdout
+    assert "chosen on validation_roi" in run.stdout
+    assert "evaluated data itself" not in run.stdout
+
+    scores = list(mongo_client[tracking_db]["scores"].find({"kind": "segmentation"}))
+    validation = [s for s in scores if s["region"] == "validation_roi"]
+    reported = [s for s in scores if s["region"] == "roi"]
+    assert len(validation) == 2 and len(reported) == 2
+    assert all(s["roi"] == VALIDATION for s in validation)
+    assert all(s["roi"] == CROP for s in reported)
+    # the threshold is the validation region's best, whatever the test region says
+    chosen = min(validation, key=lambda s: (s["voi"], s["arand"]))["threshold"]
+    assert [s["threshold"] for s in reported if s["best"]] == [chosen]
+    assert all(s["selected_on"] == "validation_roi" and s["selection_roi"] == VALIDATION
+               and s["chosen_threshold"] == chosen for s in scores)  # fmt: skip
+    best = next(s for s in reported if s["best"])
+    assert f"VOI {best['voi']:.4f}, ARAND {best['arand']:.4f}" in run.stdout
+
+    # a 32 x 64 x 64 slab holds few neurons: the choice is noisy, and it says so
+    truth = open_volume(NEUROPROOF, "volumes/labels/neuron_ids").to_ndarray(Roi(*VALIDATION))
+    objects = len(np.unique(truth[truth != 0]))
+    assert objects < MIN_VALIDATION_OBJECTS
+    warning = [line for line in run.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1
+    assert f"validation_roi holds {objects} ground-truth objects" in warning[0]
+    assert f"fewer than {MIN_VALIDATION_OBJECTS}" in warning[0]
+
+
+@needs_neuroproof
+def test_untrained_affinities_are_named(tmp_path: Path, db_name: str, connecto):
+    """Affinities of a model that has not learned boundaries (all high: every voxel
+    connected): one fragment fills each block and every threshold gives one segment."""
+    config = write_config(tmp_path, db_name)
+    assert connecto("segment", "gt-affinities", "-c", config, cwd=tmp_path).returncode == 0
+    affs = open_ds(tmp_path / "segment.zarr" / "affs", mode="r+")
+    affs[affs.roi] = np.full(affs.shape, 255, dtype=np.uint8)
+    run = connecto("segment", "run", "-c", config, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    warning = [line for line in run.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1, run.stdout
+    assert "untrained or under-trained model" in warning[0]
+    assert "covers 100% of the volume" in warning[0]
+    assert "all 2 thresholds give one segment" in warning[0]
+    assert "iterations" in warning[0]
