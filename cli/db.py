@@ -8,7 +8,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connecto.db.admin import server_status, start_embedded, stop_embedded
+from connecto.db.admin import (
+    add_user,
+    read_new_password,
+    server_status,
+    start_embedded,
+    stop_embedded,
+    write_credentials,
+)
 from connecto.db.client import get_database
 from connecto.db.import_journal import recover_imports
 from connecto.db.schema import init_database
@@ -105,9 +112,23 @@ def import_csv_command(
     nt_from_filename: bool = typer.Option(
         False, "--nt-from-filename", help="Transmitter = file name stem (gaba.csv -> gaba)."
     ),
+    class_column: str | None = typer.Option(
+        None,
+        "--class-column",
+        help="Column holding each synapse's own class (stored as its label); "
+        "one body may hold several classes.",
+    ),
+    class_from_filename: bool = typer.Option(
+        False,
+        "--class-from-filename",
+        help="Class of every synapse = file name stem (background.csv -> background).",
+    ),
     replace: bool = REPLACE_OPTION,
 ) -> None:
-    """Import CSV synapse tables; each body becomes a skeleton, coordinates become nm."""
+    """Import CSV synapse tables; each body becomes a skeleton, coordinates become nm.
+
+    A transmitter (--nt, --nt-from-filename) belongs to a whole body; a class
+    (--class-column, --class-from-filename) to each synapse."""
     report = import_csv(
         get_database(db),
         files,
@@ -115,24 +136,43 @@ def import_csv_command(
         nt=nt,
         nt_from_filename=nt_from_filename,
         replace=replace,
+        class_column=class_column,
+        class_from_filename=class_from_filename,
     )
     typer.echo(f"database {db}: {report.summary()}")
 
 
 @app.command("stats")
 def stats_command(db: str = DB_OPTION) -> None:
-    """Synapse and skeleton counts per transmitter, per split and part, per brain region."""
+    """Synapse and skeleton counts per class (transmitter or synapse label), per split and
+    part, per brain region."""
     stats = synapse_stats(get_database(db))
     _report_recovery(stats["rolled_back"], stats["unfinished"])
     typer.echo(
         f"database {db}: {stats['synapses']} synapses, {stats['skeletons']} skeletons, "
         f"{stats['hemilineages']} hemilineages"
     )
-    table = Table("transmitter", "synapses", "skeletons", "skeletons with synapses")
-    for name, row in stats["transmitters"].items():
-        table.add_row(
-            name, str(row["synapses"]), str(row["skeletons"]), str(row["skeletons_with_synapses"])
+    if stats["class_kind"] == "transmitter":
+        table = Table("transmitter", "synapses", "skeletons", "skeletons with synapses")
+        for name, row in stats["classes"].items():
+            table.add_row(
+                name,
+                str(row["synapses"]),
+                str(row["skeletons"]),
+                str(row["skeletons_with_synapses"]),
+            )
+    else:
+        labelled = stats["labelled_synapses"]
+        typer.echo(
+            "every synapse has its own class (label)"
+            if labelled == stats["synapses"]
+            else f"{labelled} synapses have their own class (label); "
+            "the others take their skeleton's transmitter"
         )
+        table = Table("class", "synapses", "skeletons with synapses")
+        for name, row in stats["classes"].items():
+            if row["synapses"]:
+                table.add_row(name, str(row["synapses"]), str(row["skeletons_with_synapses"]))
     console.print(table)
     if stats["splits"]:
         table = Table("split", *PARTS, "total", title="synapses (skeletons) per split part")
@@ -189,3 +229,57 @@ def export_command(
         f"database {db} -> {directory}: "
         + ", ".join(f"{name} ({count})" for name, count in counts.items())
     )
+
+
+user_app = typer.Typer(
+    help="Users that sign in with a password (synister credentials INIs).", no_args_is_help=True
+)
+app.add_typer(user_app, name="user")
+
+
+@user_app.command("add")
+def user_add_command(
+    name: str = typer.Argument(..., help="User name, as in a credentials INI's `user`."),
+    db: list[str] = typer.Option(
+        [],
+        "--db",
+        help="Data database the user reads and writes (repeatable; the tracking database "
+        "is added). None: every database.",
+    ),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from the first line of stdin."
+    ),
+    password_env: str | None = typer.Option(
+        None, "--password-env", metavar="VAR", help="Read the password from variable VAR."
+    ),
+    embedded: bool = typer.Option(
+        False, "--embedded", help="Create it on the embedded server even when another is set."
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Set the password and roles of an existing user."
+    ),
+    credentials: Path | None = typer.Option(
+        None,
+        "--write-credentials",
+        help="Also write a synister credentials INI for the user here (mode 0600).",
+    ),
+) -> None:
+    """Create a user (SCRAM) so `mongodb://user:password@host:port` and synister
+    credentials INIs sign in; the password comes from a prompt, stdin or a variable."""
+    password = read_new_password(password_stdin, password_env)
+    user = add_user(name, password, db, embedded=embedded, replace=replace)
+    verb = "updated" if user.replaced else "created"
+    typer.echo(f"user {user.name} {verb} on {user.server} (roles: {', '.join(user.roles)})")
+    if credentials is not None:
+        write_credentials(credentials, user, password)
+        typer.echo(f"credentials INI written to {credentials} (mode 0600)")
+    typer.echo(
+        f"a credentials INI for it: [Credentials] user = {user.name}, password = "
+        f"(the one given), host = {user.host}, port = {user.port}"
+    )
+    if user.embedded:
+        typer.echo(
+            "note: the embedded server checks this password for clients that give one, but "
+            "does not require one: clients without credentials keep full access; it keeps "
+            f"port {user.port} across restarts while the port is free"
+        )

@@ -19,7 +19,10 @@ def split_command(
     name: str = typer.Option(..., "--name", help="Split name (stored as splits.<name>)."),
     fractions: str = typer.Option("0.8,0.1,0.1", "--fractions", help="Train,validation,test."),
     classes: str | None = typer.Option(
-        None, "--classes", help="Transmitters to balance, e.g. gaba,acetylcholine (default: all)."
+        None,
+        "--classes",
+        help="Classes to balance: transmitters (gaba,acetylcholine) or synapse labels "
+        "(background,synapse); default: all.",
     ),
     seed: int = typer.Option(0, "--seed", help="Shuffles the groups before solving."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing split."),

@@ -1,9 +1,11 @@
 """Balanced train/validation/test splits of whole groups (skeletons, hemilineages, brain regions).
 
-Every group goes entirely to one part, chosen so that for every class the share of its
-synapses in each part is as close as possible to the target fractions. That is a small
-assignment problem, solved as a mixed-integer program with HiGHS (`scipy.optimize.milp`)
-under a time limit, with a greedy assignment as fallback (kept whenever it is better).
+A synapse's class is its own `label`, else its skeleton's one transmitter
+(`connecto.db.synapses.synapse_class`). Every group goes entirely to one part, chosen so
+that for every class the share of its synapses in each part is as close as possible to the
+target fractions. That is a small assignment problem, solved as a mixed-integer program
+with HiGHS (`scipy.optimize.milp`) under a time limit, with a greedy assignment as fallback
+(kept whenever it is better).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from connecto import ConnectoError
 from connecto.db.client import retry_write
 from connecto.db.schema import SKELETONS, SYNAPSES
-from connecto.db.synapses import PARTS, class_of_skeletons
+from connecto.db.synapses import PARTS, class_of_skeletons, class_query, synapse_class
 from connecto.names import check_name
 
 GROUP_BY: tuple[str, ...] = ("skeleton", "hemilineage", "brain_region")
@@ -75,31 +77,38 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
 
 
 def _group_counts(
-    db: Database, by: str, skeleton_class: dict[int, str]
+    db: Database, by: str, skeleton_class: dict[int, str], chosen: list[str]
 ) -> tuple[dict[Any, dict[str, int]], dict[Any, list[int]], int]:
-    """Per group: synapses per class; per group: its skeletons; synapses without a group."""
+    """Per group: synapses per chosen class; per group: its skeletons; synapses of the
+    chosen classes without a group."""
+    wanted = set(chosen)
+    # counted on the server: a few hundred rows back instead of every synapse
+    key = {"s": "$skeleton_id", "r": "$brain_region", "l": "$label"}
+    rows = []
+    for row in db[SYNAPSES].aggregate([{"$group": {"_id": key, "n": {"$sum": 1}}}]):
+        skeleton = row["_id"]["s"]
+        name = synapse_class(
+            {"skeleton_id": skeleton, "label": row["_id"].get("l")}, skeleton_class
+        )
+        if name in wanted:
+            rows.append((skeleton, row["_id"].get("r"), name, row["n"]))
     hemilineage: dict[int, Any] = {}
     if by == "hemilineage":
+        ids = sorted({skeleton for skeleton, _, _, _ in rows})
         for doc in db[SKELETONS].find(
-            {"skeleton_id": {"$in": list(skeleton_class)}}, {"skeleton_id": 1, "hemilineage_id": 1}
+            {"skeleton_id": {"$in": ids}}, {"skeleton_id": 1, "hemilineage_id": 1}
         ):
             hemilineage[doc["skeleton_id"]] = doc.get("hemilineage_id")
     counts: dict[Any, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     members: dict[Any, set[int]] = defaultdict(set)
     excluded = 0
-    # counted on the server: a few hundred rows back instead of every synapse
-    pipeline = [{"$group": {"_id": {"s": "$skeleton_id", "r": "$brain_region"}, "n": {"$sum": 1}}}]
-    for row in db[SYNAPSES].aggregate(pipeline):
-        skeleton, count = row["_id"]["s"], row["n"]
-        name = skeleton_class.get(skeleton)
-        if name is None:
-            continue
+    for skeleton, region, name, count in rows:
         if by == "skeleton":
             group = skeleton
         elif by == "hemilineage":
             group = hemilineage.get(skeleton)
         else:
-            group = row["_id"].get("r")
+            group = region
         if group is None:
             excluded += count
             continue
@@ -266,15 +275,14 @@ def plan_split(
     """Choose the part of every group; writes nothing (see `make_split`)."""
     _check_request(db, by, name, fractions, overwrite)
     start = time.perf_counter()
-    skeleton_class = class_of_skeletons(db, classes)
+    skeleton_class = class_of_skeletons(db)
     chosen = _chosen_classes(db, classes, skeleton_class)
     groups = _shuffled_groups(db, by, skeleton_class, chosen, seed)
     _check_enough_groups(groups, chosen, by, fractions)
     assignment, solver = _best_assignment(groups.n, np.array(fractions, dtype=float), time_limit_s)
     parts = [PARTS[p] for p in assignment]  # part of each group, in solving order
     report = _split_report(name, by, chosen, fractions, solver, groups, parts)
-    chosen_skeletons = [s for s, c in skeleton_class.items() if c in chosen]
-    queries = _write_queries(by, groups, parts, chosen_skeletons)
+    queries = _write_queries(by, groups, parts, chosen, skeleton_class)
     report.seconds = time.perf_counter() - start
     return SplitPlan(report=report, queries=queries)
 
@@ -297,28 +305,33 @@ def _check_request(
 def _chosen_classes(
     db: Database, classes: list[str] | None, skeleton_class: dict[int, str]
 ) -> list[str]:
-    """The requested classes (each must be present), or every class present."""
-    present = sorted(set(skeleton_class.values()))
+    """The requested classes (each must be present), or every class present: synapse labels
+    and the transmitters of skeletons with exactly one."""
+    labels = [v for v in db[SYNAPSES].distinct("label") if isinstance(v, str)]
+    present = sorted(set(skeleton_class.values()) | set(labels))
     if classes:
         missing = [c for c in classes if c not in present]
         if missing:
             raise ConnectoError(
-                f"class(es) {', '.join(missing)} have no skeleton with exactly that one known "
-                f"transmitter in database {db.name} (classes there: "
-                f"{', '.join(sorted(set(class_of_skeletons(db).values()))) or 'none'})"
+                f"class(es) {', '.join(missing)} are neither a synapse label nor the one known "
+                f"transmitter of a skeleton in database {db.name} (classes there: "
+                f"{', '.join(present) or 'none'})"
             )
         chosen = list(classes)
     else:
         chosen = present
     if not chosen:
-        raise ConnectoError(f"database {db.name} has no skeleton with one known transmitter")
+        raise ConnectoError(
+            f"database {db.name} has no class: no synapse label and no skeleton with one "
+            "known transmitter"
+        )
     return chosen
 
 
 def _shuffled_groups(
     db: Database, by: str, skeleton_class: dict[int, str], chosen: list[str], seed: int
 ) -> _Groups:
-    counts, members, excluded = _group_counts(db, by, skeleton_class)
+    counts, members, excluded = _group_counts(db, by, skeleton_class, chosen)
     order = sorted(counts, key=str)
     np.random.default_rng(seed).shuffle(order)
     n = np.array([[counts[g].get(c, 0) for c in chosen] for g in order], dtype=float)
@@ -382,18 +395,20 @@ def _split_report(
 
 
 def _write_queries(
-    by: str, groups: _Groups, parts: list[str], chosen_skeletons: list[int]
+    by: str, groups: _Groups, parts: list[str], chosen: list[str], skeleton_class: dict[int, str]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per part: one synapse query per write batch of its groups."""
+    """Per part: one query per write batch of its groups, for their synapses of the chosen
+    classes (synapses of other classes in the same groups get no part)."""
     queries: dict[str, list[dict[str, Any]]] = {p: [] for p in PARTS}
+    of_classes = class_query(chosen, skeleton_class) if by == "brain_region" else {}
     for part in PARTS:
         in_part = [group for group, p in zip(groups.order, parts, strict=True) if p == part]
         for batch in _batches(in_part, lambda g: sum(groups.counts[g].values())):
             if by == "brain_region":
-                query = {"brain_region": {"$in": batch}, "skeleton_id": {"$in": chosen_skeletons}}
+                query = {"$and": [{"brain_region": {"$in": batch}}, of_classes]}
             else:
                 skeletons = [s for group in batch for s in groups.members[group]]
-                query = {"skeleton_id": {"$in": skeletons}}
+                query = class_query(chosen, skeleton_class, skeletons)
             queries[part].append(query)
     return queries
 
@@ -448,9 +463,9 @@ def make_split(
 ) -> SplitReport:
     """Assign whole groups to train/validation/test and write `splits.<name>` on their synapses.
 
-    `classes`: transmitters to balance (default: every single-transmitter class); synapses of
-    other classes get no part in this split. `seed` shuffles the groups before solving, so
-    equally good assignments can differ between seeds.
+    `classes`: classes to balance (synapse labels or transmitters; default: every class
+    present); synapses of other classes get no part in this split. `seed` shuffles the
+    groups before solving, so equally good assignments can differ between seeds.
     """
     plan = plan_split(db, by, name, fractions, classes, seed, overwrite, time_limit_s)
     return write_split(db, plan, overwrite, progress)

@@ -169,3 +169,27 @@ def test_batched_writes_resent_after_dropped_connection(
     assert all(len(parts) == 1 for parts in parts_of(failpoint_db, "b", "skeleton_id").values())
     labelled = failpoint_db.synapses.count_documents({"splits.b": {"$exists": True}})
     assert labelled == report.written == failpoint_db.synapses.count_documents({})
+
+
+@pytest.mark.parametrize("by", ["brain_region", "hemilineage"])
+def test_synapse_labels_are_classes_of_their_own(db: Database, by: str) -> None:
+    """A synapse with a `label` counts for that class, not its skeleton's transmitter; a
+    split of other classes leaves it without a part."""
+    gaba = sorted(d["skeleton_id"] for d in db.skeletons.find({"nt_known": ["gaba"]}))
+    labelled = [d["synapse_id"] for d in db.synapses.find({"skeleton_id": {"$in": gaba}})][::3]
+    db.synapses.update_many({"synapse_id": {"$in": labelled}}, {"$set": {"label": "background"}})
+    report = make_split(db, by, "mixed", (0.6, 0.2, 0.2), ["gaba", "background"])
+    gaba_synapses = db.synapses.count_documents({"skeleton_id": {"$in": gaba}})
+    assert sum(report.counts["background"].values()) == len(labelled)
+    assert sum(report.counts["gaba"].values()) == gaba_synapses - len(labelled)
+    for part in PARTS:
+        grouped = synapses_by_class(db, "mixed", part, ["gaba", "background"])
+        for name in ("gaba", "background"):
+            assert len(grouped[name]) == report.counts[name][part], (by, name, part)
+        assert all(s.get("label") == "background" for s in grouped["background"])
+        assert all("label" not in s for s in grouped["gaba"])
+    # the transmitter classes alone: labelled synapses stay out, though their skeletons are in
+    make_split(db, by, "nt", (0.6, 0.2, 0.2), ["gaba"])
+    assert db.synapses.count_documents({"label": "background", "splits.nt": {"$exists": True}}) == 0
+    with_part = db.synapses.count_documents({"splits.nt": {"$exists": True}})
+    assert with_part == len(synapses_by_class(db, "nt", None, ["gaba"])["gaba"])

@@ -88,3 +88,173 @@ def describe_server(client: MongoClient) -> dict[str, Any]:
             for collection in sorted(db.list_collection_names())
         }
     return {"version": info.get("version", "unknown"), "databases": databases}
+
+
+# Users created by `connecto db user add` can sign in with either SCRAM mechanism, as with
+# mongod: current drivers use SHA-256, older ones (an old synister environment) SHA-1.
+USER_MECHANISMS = ["SCRAM-SHA-256", "SCRAM-SHA-1"]
+PASSWORD_PROMPT_HELP = "--password-stdin or --password-env VAR"
+
+
+@dataclass(frozen=True)
+class AddedUser:
+    """A user `add_user` created (or replaced) and where: `host`, `port` go into a
+    credentials INI; `server` is said for people; `embedded`: the embedded server."""
+
+    name: str
+    server: str
+    host: str
+    port: int
+    roles: list[str]
+    embedded: bool
+    replaced: bool
+
+
+def read_new_password(from_stdin: bool, env_variable: str | None) -> str:
+    """The new user's password: the first line of stdin, an environment variable, or a
+    hidden prompt (asked twice) on a terminal; never an argument."""
+    import os
+    import sys
+
+    from connecto import ConnectoError
+
+    if from_stdin and env_variable:
+        raise ConnectoError("give the password one way: --password-stdin or --password-env")
+    if from_stdin:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+        source = "stdin"
+    elif env_variable:
+        if env_variable not in os.environ:
+            raise ConnectoError(f"--password-env {env_variable}: that variable is not set")
+        password, source = os.environ[env_variable], f"${env_variable}"
+    elif sys.stdin.isatty():
+        import typer
+
+        password = typer.prompt(
+            "password", hide_input=True, confirmation_prompt=True, err=True, default=""
+        )
+        source = "the prompt"
+    else:
+        raise ConnectoError(
+            f"no password: stdin is not a terminal, so give it with {PASSWORD_PROMPT_HELP}"
+        )
+    if not password:
+        raise ConnectoError(f"empty password (from {source})")
+    if "\n" in password or "\r" in password or password != password.strip():
+        raise ConnectoError(
+            f"the password (from {source}) has line breaks or surrounding spaces, which a "
+            "credentials INI cannot hold"
+        )
+    return password
+
+
+def user_roles(databases: list[str], tracking_db: str) -> list[dict[str, str]]:
+    """readWrite on each data database and the tracking database; with no databases
+    named, readWriteAnyDatabase (every database but admin, local, config)."""
+    from connecto.names import check_name
+
+    if not databases:
+        return [{"role": "readWriteAnyDatabase", "db": "admin"}]
+    names = []
+    for name in [*databases, tracking_db]:
+        check_name("database name", name)
+        if name not in names:
+            names.append(name)
+    return [{"role": "readWrite", "db": name} for name in names]
+
+
+def add_user(
+    name: str,
+    password: str,
+    databases: list[str],
+    *,
+    embedded: bool = False,
+    replace: bool = False,
+    settings: Settings | None = None,
+) -> AddedUser:
+    """Create user `name` (in `admin`, where a `mongodb://user:password@host:port/` URI
+    signs in) on the embedded server, started if needed, or on the configured server when
+    one is set and `embedded` is False. `replace`: set an existing user's password and
+    roles. One-line ConnectoErrors for a user that exists, a server that refuses."""
+    from pymongo.errors import OperationFailure
+    from pymongo.uri_parser import parse_uri
+
+    from connecto import ConnectoError
+    from connecto.db.client import brief_error, embedded_uri
+
+    settings = settings or load_settings()
+    if not name or name != name.strip() or any(ord(c) < 32 for c in name):
+        raise ConnectoError(f"user name {name!r}: empty, or with spaces or control characters")
+    roles = user_roles(databases, settings.tracking_db)
+    on_embedded = embedded or configured_server(settings) is None
+    if on_embedded:
+        uri = embedded_uri(settings)
+    else:
+        uri = resolve_uri(settings)
+    host, port = parse_uri(uri)["nodelist"][0]
+    server = redact_uri(uri)
+    try:
+        client = connect(uri, settings.mongo_timeout_s)
+    except ConnectoError as error:
+        if on_embedded or "authentication failed" not in str(error).lower():
+            raise
+        raise ConnectoError(
+            f"{error}; to add the user on the embedded server instead, use --embedded"
+        ) from None
+    with client:
+        replaced = False
+        try:
+            client.admin.command(
+                {"createUser": name, "pwd": password, "roles": roles, "mechanisms": USER_MECHANISMS}
+            )
+        except OperationFailure as error:
+            exists = error.code in (51003, 11000) or "already exists" in str(error)
+            if not exists:
+                raise ConnectoError(
+                    f"{server} refused to create user {name!r}: {brief_error(error)} (creating "
+                    "users needs the userAdmin role on admin)"
+                ) from None
+            if not replace:
+                raise ConnectoError(
+                    f"user {name!r} already exists on {server} (--replace sets its password "
+                    "and roles)"
+                ) from None
+            try:
+                client.admin.command(
+                    {"updateUser": name, "pwd": password, "roles": roles,
+                     "mechanisms": USER_MECHANISMS}
+                )  # fmt: skip
+            except OperationFailure as again:
+                raise ConnectoError(
+                    f"{server} refused to update user {name!r}: {brief_error(again)}"
+                ) from None
+            replaced = True
+    return AddedUser(
+        name=name,
+        server=server,
+        host=host,
+        port=port,
+        roles=[f"{role['role']}@{role['db']}" for role in roles],
+        embedded=on_embedded,
+        replaced=replaced,
+    )
+
+
+def write_credentials(path: Path, user: AddedUser, password: str) -> None:
+    """A synister credentials INI for `user`, readable by its owner only (0600)."""
+    import os
+
+    from connecto import ConnectoError
+
+    escaped = password.replace("%", "%%")  # configparser's interpolation reads %% as %
+    text = (
+        f"[Credentials]\nuser = {user.name}\npassword = {escaped}\n"
+        f"host = {user.host}\nport = {user.port}\n"
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            os.fchmod(file.fileno(), 0o600)  # an existing file keeps its mode otherwise
+            file.write(text)
+    except OSError as error:
+        raise ConnectoError(f"cannot write credentials file {path}: {error.strerror}") from None

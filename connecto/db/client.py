@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, ConfigurationError, PyMongoError
+from pymongo.errors import AutoReconnect, ConfigurationError, OperationFailure, PyMongoError
 
 from connecto import ConnectoError
 from connecto.db.server import LocalServer
@@ -18,6 +18,7 @@ from connecto.names import check_name
 from connecto.settings import Settings, load_settings, redact_uri, uri_from_credentials
 
 RETRIES = 3
+AUTHENTICATION_FAILED = 18  # MongoDB's error code
 T = TypeVar("T")
 
 
@@ -27,6 +28,11 @@ def resolve_uri(settings: Settings) -> str:
         return settings.mongo_uri
     if settings.mongo_credentials:
         return uri_from_credentials(settings.mongo_credentials)
+    return embedded_uri(settings)
+
+
+def embedded_uri(settings: Settings) -> str:
+    """The embedded server's URI, started if needed (and said, once)."""
     state, started = LocalServer(settings.data_dir).start()
     if started:
         print(
@@ -54,6 +60,11 @@ def connect(uri: str, timeout_s: float) -> MongoClient:
         client.admin.command("ping")
     except PyMongoError as error:
         client.close()
+        if isinstance(error, OperationFailure) and error.code == AUTHENTICATION_FAILED:
+            raise ConnectoError(
+                f"MongoDB at {redact_uri(uri)} refused the credentials: {brief_error(error)} "
+                "(`connecto db user add NAME` creates a user on the embedded server)"
+            ) from None
         raise ConnectoError(
             f"MongoDB at {redact_uri(uri)} does not answer: {brief_error(error)}"
         ) from None

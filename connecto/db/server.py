@@ -160,6 +160,8 @@ class LocalServer:
         self.storage = self.root / "storage"
         self.state_file = self.root / "server.json"
         self.log_file = self.root / "server.log"
+        # the last port, reused while free: a credentials INI naming it keeps working
+        self.port_file = self.root / "port"
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -226,7 +228,7 @@ class LocalServer:
         if running:
             return running, False
         self.storage.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = self._last_port() or free_port()
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(
                 server_command(port, self.storage),
@@ -253,7 +255,25 @@ class LocalServer:
                 )
             time.sleep(0.1)
         self.state_file.write_text(json.dumps({"pid": state.pid, "port": state.port}))
+        self.port_file.write_text(f"{port}\n")
         return state, True
+
+    def _last_port(self) -> int | None:
+        """The port of the last start when it is free now, else None."""
+        try:
+            port = int(self.port_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not 0 < port < 65536:
+            return None
+        with socket.socket() as sock:
+            # as the server binds: connections of its last run in TIME_WAIT do not block it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return None
+        return port
 
     def stop(self, timeout_s: float = 15.0) -> bool:
         """Stop the server; returns whether one was running."""

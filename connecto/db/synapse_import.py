@@ -335,10 +335,15 @@ def import_csv(
     nt_from_filename: bool = False,
     replace: bool = False,
     progress: bool = True,
+    class_column: str | None = None,
+    class_from_filename: bool = False,
 ) -> ImportReport:
     """`connecto db import csv FILE ...`: bodies become skeletons; without a transmitter,
-    bodies already in the database keep theirs."""
-    data = read_synapse_csvs(files, voxel_size, nt, nt_from_filename)
+    bodies already in the database keep theirs. `class_column` / `class_from_filename` give
+    each synapse its own class (`label`); see `read_synapse_csvs`."""
+    data = read_synapse_csvs(
+        files, voxel_size, nt, nt_from_filename, class_column, class_from_filename
+    )
     recover_imports(db)
     if not nt and not nt_from_filename and data.skeletons:
         ids = [d["skeleton_id"] for d in data.skeletons]

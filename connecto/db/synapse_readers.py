@@ -89,13 +89,16 @@ def _same_id(value: Any, key: str) -> bool:
 # --- CSV tables ---------------------------------------------------------------------------------
 
 
-def _csv_rows(path: Path, problems: Problems) -> Iterator[tuple[str, dict[str, str]]]:
+def _csv_rows(
+    path: Path, problems: Problems, extra_columns: tuple[str, ...] = ()
+) -> Iterator[tuple[str, dict[str, str]]]:
     """(origin `file:line`, row) of a CSV table; unreadable files, binary contents and
-    missing columns become problems."""
+    missing columns (of CSV_COLUMNS and `extra_columns`) become problems."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            wanted = CSV_COLUMNS + extra_columns
+            missing = [c for c in wanted if c not in (reader.fieldnames or [])]
             if missing:
                 problems.add(
                     f"{path}:1",
@@ -131,25 +134,44 @@ def read_synapse_csvs(
     voxel_size: tuple[float, float, float],
     nt: str | None = None,
     nt_from_filename: bool = False,
+    class_column: str | None = None,
+    class_from_filename: bool = False,
 ) -> SynapseData:
     """CSV synapse tables (`body,x,y,z[,conf],syn_id`, coordinates in voxels, voxel size
-    given z,y,x); each body becomes a skeleton with the transmitter from `nt` or the file name."""
+    given z,y,x); each body becomes a skeleton.
+
+    Transmitters (`nt` or the file name) belong to bodies: a body must keep one transmitter
+    across rows and files. Classes (`class_column` or the file name) belong to synapses,
+    stored as their `label`: one body may hold synapses of several classes.
+    """
     if nt and nt_from_filename:
         raise ConnectoError("give either --nt or --nt-from-filename, not both")
+    if class_column and class_from_filename:
+        raise ConnectoError("give either --class-column or --class-from-filename, not both")
+    if class_column is not None and not class_column.strip():
+        raise ConnectoError("--class-column: give a column name")
     if len(voxel_size) != 3 or not all(v > 0 for v in voxel_size):
         raise ConnectoError(f"voxel size {voxel_size} must be three positive numbers z,y,x")
     data = SynapseData()
     problems = Problems()
     bodies: dict[int, tuple[str | None, str]] = {}  # body -> (transmitter, first origin)
+    extra = (class_column,) if class_column else ()
     for path in map(Path, files):
         transmitter = path.stem if nt_from_filename else nt
-        for origin, cells in _csv_rows(path, problems):
+        for origin, cells in _csv_rows(path, problems, extra):
             try:
                 row = CsvRow.parse(cells)
             except ValueError as error:
                 problems.add(origin, str(error))
                 continue
-            data.add(SYNAPSES, _synapse_of_row(row, voxel_size), origin)
+            synapse = _synapse_of_row(row, voxel_size)
+            label = path.stem if class_from_filename else _class_cell(cells, class_column)
+            if label is not None:
+                if not label:
+                    problems.add(origin, f"empty class in column {class_column!r}")
+                    continue
+                synapse["label"] = label
+            data.add(SYNAPSES, synapse, origin)
             body = row.body
             if body not in bodies:
                 bodies[body] = (transmitter, origin)
@@ -162,10 +184,20 @@ def read_synapse_csvs(
                 problems.add(
                     origin,
                     f"body {body} has transmitter {transmitter!r} here but "
-                    f"{bodies[body][0]!r} at {bodies[body][1]}",
+                    f"{bodies[body][0]!r} at {bodies[body][1]} (a transmitter belongs to the "
+                    "whole body; for classes of single synapses use --class-column or "
+                    "--class-from-filename)",
                 )
     problems.raise_if_any("import")
     return data
+
+
+def _class_cell(cells: dict[str | None, Any], column: str | None) -> str | None:
+    """The stripped class cell of a row ("" when empty), None without a class column."""
+    if column is None:
+        return None
+    value = cells.get(column)
+    return value.strip() if isinstance(value, str) else ""
 
 
 def parse_voxel_size(text: str) -> tuple[float, float, float]:

@@ -115,6 +115,12 @@ def _as_text(value: Any) -> str:
     return value
 
 
+def _as_label(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{value!r} is not a class name")
+    return value
+
+
 def _as_prepost(value: Any) -> str:
     if value not in ("pre", "post"):
         raise ValueError(f"{value!r} is not 'pre' or 'post'")
@@ -177,6 +183,8 @@ class SynapseRow(_Document):
     confidence: Number | None = None
     brain_region: Text | None = None
     prepost: Annotated[str, PlainValidator(_as_prepost)] | None = None
+    # the synapse's own class (synister's field); without it, its skeleton's transmitter
+    label: Annotated[str, PlainValidator(_as_label)] | None = None
     splits: Annotated[dict[str, str], PlainValidator(_as_splits)] | None = None
 
     def apply_to(self, doc: dict[str, Any]) -> None:

@@ -22,8 +22,10 @@ from connecto.db.synapse_rows import ID_FIELD, PARTS
 __all__ = [
     "PARTS",
     "class_of_skeletons",
+    "class_query",
     "export_synister",
     "split_names",
+    "synapse_class",
     "synapse_stats",
     "synapses_by_class",
 ]
@@ -48,11 +50,38 @@ def class_of_skeletons(db: Database, classes: list[str] | None = None) -> dict[i
     return result
 
 
+def synapse_class(doc: dict[str, Any], skeleton_class: dict[int, str]) -> str | None:
+    """The class of a synapse: its own `label` when it has one, else its skeleton's single
+    known transmitter (`skeleton_class`, from `class_of_skeletons(db)`); None if neither.
+
+    The one rule for classes; `class_query` is the same rule as a MongoDB query."""
+    label = doc.get("label")
+    if label is not None:
+        return label
+    return skeleton_class.get(doc["skeleton_id"])
+
+
+def class_query(
+    classes: list[str], skeleton_class: dict[int, str], skeletons: list[int] | None = None
+) -> dict[str, Any]:
+    """A query for the synapses whose `synapse_class` is in `classes` (of `skeletons`
+    only, when given)."""
+    wanted = set(classes)
+    scope = skeleton_class if skeletons is None else skeletons
+    by_transmitter = [s for s in scope if skeleton_class.get(s) in wanted]
+    labelled: dict[str, Any] = {"label": {"$in": sorted(wanted)}}
+    if skeletons is not None:
+        labelled["skeleton_id"] = {"$in": list(skeletons)}
+    unlabelled = {"label": {"$exists": False}, "skeleton_id": {"$in": by_transmitter}}
+    return {"$or": [labelled, unlabelled]}
+
+
 def synapses_by_class(
     db: Database, split_name: str, part: str | None, classes: list[str]
 ) -> dict[str, list[dict]]:
-    """Synapses of `part` of split `split_name` (all parts if None) whose skeleton has exactly
-    one known transmitter in `classes`, grouped by class (every class a key)."""
+    """Synapses of `part` of split `split_name` (all parts if None) whose class
+    (`synapse_class`: own label, else the skeleton's one transmitter) is in `classes`,
+    grouped by class (every class a key)."""
     if part is not None and part not in PARTS:
         raise ConnectoError(f"split part {part!r} is not one of {', '.join(PARTS)}")
     key = f"splits.{split_name}"
@@ -62,12 +91,12 @@ def synapses_by_class(
             f"database {db.name} has no split {split_name!r} "
             f"(splits: {', '.join(known) or 'none'}; `connecto split` makes one)"
         )
-    skeleton_class = class_of_skeletons(db, classes)
+    skeleton_class = class_of_skeletons(db)
     grouped: dict[str, list[dict]] = {name: [] for name in classes}
     query = {key: part if part is not None else {"$exists": True}}
     for doc in db[SYNAPSES].find(query, {"_id": 0}):
-        name = skeleton_class.get(doc["skeleton_id"])
-        if name is not None:
+        name = synapse_class(doc, skeleton_class)
+        if name in grouped:
             grouped[name].append(doc)
     return grouped
 
@@ -77,43 +106,53 @@ def _transmitter_label(nt_known: list[str]) -> str:
 
 
 def synapse_stats(db: Database) -> dict[str, Any]:
-    """Counts per transmitter (synapses and skeletons), per split and part (synapses in
-    `splits`, skeletons in `split_skeletons`), per brain region; first, imports cut short
-    are rolled back (`rolled_back`) or named when they may still run (`unfinished`)."""
+    """Counts per class (synapses and skeletons), per split and part (synapses in `splits`,
+    skeletons in `split_skeletons`), per brain region; first, imports cut short are rolled
+    back (`rolled_back`) or named when they may still run (`unfinished`).
+
+    A synapse's class is its own `label`, else its skeleton's transmitter(s) (joined by
+    `+`, or "(unknown)"). `class_kind` is "transmitter" when no synapse has a label, else
+    "class"; `classes` (also under its old name `transmitters`) holds per class: synapses,
+    skeletons (with that transmitter) and skeletons_with_synapses (of that class)."""
     rolled_back, unfinished = recover_imports(db)
-    label = {
+    transmitter = {
         d["skeleton_id"]: _transmitter_label(d.get("nt_known") or [])
         for d in db[SKELETONS].find({}, {"skeleton_id": 1, "nt_known": 1})
     }
-    per_nt: Counter[str] = Counter()
+    per_class: Counter[str] = Counter()
     skeletons_with_synapses: dict[str, set[int]] = defaultdict(set)
     per_split: dict[str, Counter[str]] = defaultdict(Counter)
     split_skeletons: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     per_region: Counter[str] = Counter()
-    total = 0
-    projection = {"skeleton_id": 1, "splits": 1, "brain_region": 1, "_id": 0}
+    total = labelled = 0
+    projection = {"skeleton_id": 1, "splits": 1, "brain_region": 1, "label": 1, "_id": 0}
     for doc in db[SYNAPSES].find({}, projection):
         total += 1
-        name = label.get(doc["skeleton_id"], "(no skeleton)")
-        per_nt[name] += 1
+        labelled += "label" in doc
+        name = doc.get("label") or transmitter.get(doc["skeleton_id"], "(no skeleton)")
+        per_class[name] += 1
         skeletons_with_synapses[name].add(doc["skeleton_id"])
         for split, part in (doc.get("splits") or {}).items():
             per_split[split][part] += 1
             split_skeletons[split][part].add(doc["skeleton_id"])
         per_region[doc.get("brain_region", "(none)")] += 1
-    skeleton_counts = Counter(label.values())
+    skeleton_counts = Counter(transmitter.values())
+    classes = {
+        name: {
+            "synapses": per_class.get(name, 0),
+            "skeletons": skeleton_counts.get(name, 0),
+            "skeletons_with_synapses": len(skeletons_with_synapses.get(name, ())),
+        }
+        for name in sorted(set(per_class) | set(skeleton_counts))
+    }
     return {
         "synapses": total,
-        "skeletons": len(label),
+        "skeletons": len(transmitter),
         "hemilineages": db[HEMILINEAGES].count_documents({}),
-        "transmitters": {
-            name: {
-                "synapses": per_nt.get(name, 0),
-                "skeletons": skeleton_counts.get(name, 0),
-                "skeletons_with_synapses": len(skeletons_with_synapses.get(name, ())),
-            }
-            for name in sorted(set(per_nt) | set(skeleton_counts))
-        },
+        "class_kind": "class" if labelled else "transmitter",
+        "labelled_synapses": labelled,
+        "classes": classes,
+        "transmitters": classes,
         "splits": {s: {p: per_split[s].get(p, 0) for p in PARTS} for s in sorted(per_split)},
         "split_skeletons": {
             s: {p: len(split_skeletons[s][p]) for p in PARTS} for s in sorted(per_split)

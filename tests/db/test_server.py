@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 from connecto.db.client import connect
 from connecto.db.server import LocalServer
 from connecto.processes import pid_alive
+from tests.conftest import CONNECTO
 
 
 @pytest.fixture
@@ -243,3 +244,86 @@ def test_a_full_disk_is_one_line_and_the_server_recovers_once_space_is_free(
                 client.keep.things.insert_one({"name": "after"})  # writes work again
         finally:
             connecto("db", "down", env=env)
+
+
+def _credentials_ini(path: Path, user: str, password: str, port: int) -> Path:
+    path.write_text(
+        f"[Credentials]\nuser = {user}\npassword = {password}\nhost = 127.0.0.1\nport = {port}\n"
+    )
+    return path
+
+
+def test_db_user_add_lets_a_synister_credentials_ini_sign_in(
+    connecto, embedded_env, tmp_path: Path
+) -> None:
+    """Before `db user add` a synister INI fails authentication; after it, connecto commands
+    and plain pymongo sign in with it, across a restart; a wrong password still fails."""
+    from connecto.settings import uri_from_credentials
+
+    password = "s3cret%pw"  # a `%` as configparser writes it: %%
+    try:
+        up = connecto("db", "up", env=embedded_env)
+        assert up.returncode == 0, up.stderr
+        port = int(_uri_of(up.stdout).rsplit(":", 1)[1].strip("/"))
+        ini = _credentials_ini(tmp_path / "db_credentials.ini", "alice", "s3cret%%pw", port)
+        with_ini = {**embedded_env, "CONNECTO_MONGO_CREDENTIALS": str(ini)}
+        before = connecto("runs", env=with_ini)
+        assert before.returncode != 0 and "authentication failed" in before.stderr.lower()
+
+        no_password = subprocess.run(
+            [*CONNECTO, "db", "user", "add", "alice"],
+            env={**os.environ, **embedded_env}, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert no_password.returncode != 0 and "--password-stdin" in no_password.stderr
+
+        # with the INI set, its server counts as configured: the user is not there yet
+        hint = subprocess.run(
+            [*CONNECTO, "db", "user", "add", "alice", "--password-stdin"],
+            env={**os.environ, **with_ini}, input=f"{password}\n",
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert hint.returncode != 0 and "--embedded" in hint.stderr, hint.stderr
+
+        written = tmp_path / "written.ini"
+        added = subprocess.run(
+            [*CONNECTO, "db", "user", "add", "alice", "--db", "synister_v3", "--embedded",
+             "--password-stdin", "--write-credentials", str(written)],
+            env={**os.environ, **with_ini}, input=f"{password}\n",
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        assert "user alice created" in added.stdout and "readWrite@synister_v3" in added.stdout
+        assert "readWrite@connecto" in added.stdout and f"port = {port}" in added.stdout
+        assert password not in added.stdout + added.stderr
+        assert written.stat().st_mode & 0o777 == 0o600
+        assert uri_from_credentials(written) == uri_from_credentials(ini)
+
+        for settings in (with_ini, {**embedded_env, "CONNECTO_MONGO_CREDENTIALS": str(written)}):
+            runs = connecto("runs", env=settings)
+            assert runs.returncode == 0, runs.stderr
+            status = connecto("db", "status", env=settings)
+            assert status.returncode == 0, status.stderr
+            assert "alice:***@" in status.stdout and "configured" in status.stdout
+        with MongoClient(uri_from_credentials(ini), serverSelectionTimeoutMS=5000) as client:
+            client.synister_v3.synapses.insert_one({"synapse_id": 1})
+            assert client.synister_v3.synapses.count_documents({}) == 1
+
+        wrong = _credentials_ini(tmp_path / "wrong.ini", "alice", "nope", port)
+        failed = connecto("runs", env={**embedded_env, "CONNECTO_MONGO_CREDENTIALS": str(wrong)})
+        assert failed.returncode != 0 and "authentication failed" in failed.stderr.lower()
+
+        again = connecto("db", "user", "add", "alice", "--password-env", "NEW_PW",
+                         env={**embedded_env, "NEW_PW": "other"})  # fmt: skip
+        assert again.returncode != 0 and "already exists" in again.stderr
+        assert "--replace" in again.stderr
+
+        assert connecto("db", "down", env=embedded_env).returncode == 0
+        restarted = connecto("db", "up", env=embedded_env)
+        assert f"127.0.0.1:{port}/" in restarted.stdout  # the INI's port still holds
+        runs = connecto("runs", env=with_ini)
+        assert runs.returncode == 0, runs.stderr
+        log = (tmp_path / "data" / "mongo" / "server.log").read_text(errors="replace")
+        assert "s3cret" not in log
+    finally:
+        connecto("db", "down", env=embedded_env)

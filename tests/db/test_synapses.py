@@ -18,7 +18,7 @@ from connecto import ConnectoError
 from connecto.db import synapse_import
 from connecto.db.synapse_import import import_csv, import_synister, write_synapse_data
 from connecto.db.synapses import export_synister, synapse_stats, synapses_by_class
-from connecto.splits import plan_split
+from connecto.splits import plan_split, write_split
 from tests import synapse_fixtures
 from tests.conftest import FAFB, MANC, needs_fafb, needs_manc, require_shared_data
 from tests.synapse_fixtures import drop_connection_once
@@ -110,13 +110,21 @@ def test_manc_coordinates_are_nanometres_and_ids_int64(manc_db: Database) -> Non
     assert skeleton["nt_known"] == ["gaba"]
 
 
+def _skeletons_of(query: dict) -> set[int]:
+    """The skeleton ids a split's write query names, in any of its branches."""
+    found = set(query.get("skeleton_id", {}).get("$in", []))
+    for branch in query.get("$or", []) + query.get("$and", []):
+        found |= _skeletons_of(branch)
+    return found
+
+
 @needs_manc
 def test_manc_split_by_skeleton_is_balanced(manc_db: Database) -> None:
     classes = ["acetylcholine", "gaba", "glutamate"]
     plan = plan_split(manc_db, "skeleton", "skeleton", (0.8, 0.1, 0.1), classes)
     report = plan.report
     skeletons = [
-        {s for q in queries for s in q["skeleton_id"]["$in"]} for queries in plan.queries.values()
+        {s for q in queries for s in _skeletons_of(q)} for queries in plan.queries.values()
     ]
     assert len(skeletons) == 3
     assert sum(map(len, skeletons)) == len(set().union(*skeletons)) == 187  # one part each
@@ -390,3 +398,134 @@ def test_synister_field_names_and_ids_are_checked(
         import_synister(small_db, export, progress=False)
     assert f"{export / 'synapses.json'}: key '7': {message}" in str(error.value)
     assert snapshot(small_db) == before
+
+
+# --- per-synapse classes (labels) ------------------------------------------------------------
+
+
+def _two_class_tables(tmp_path: Path) -> tuple[Path, Path]:
+    """synapse.csv and background.csv over the same 12 bodies: every body holds both."""
+    synapse_rows, background_rows = [], []
+    syn_id = 0
+    for body in range(1, 13):
+        for _ in range(body % 4 + 2):
+            syn_id += 1
+            synapse_rows.append([body, syn_id, 1, 1, 0.9, syn_id])
+        for _ in range(body % 3 + 1):
+            syn_id += 1
+            background_rows.append([body, syn_id, 2, 2, "", syn_id])
+    return (
+        write_csv(tmp_path / "synapse.csv", synapse_rows),
+        write_csv(tmp_path / "background.csv", background_rows),
+    )
+
+
+def test_two_class_csv_import_split_and_read(
+    mongo_client: MongoClient, db_name: str, tmp_path: Path
+) -> None:
+    db = mongo_client[db_name]
+    files = _two_class_tables(tmp_path)
+    expected = {
+        name: len(f.read_text().splitlines()) - 1
+        for name, f in zip(("synapse", "background"), files, strict=True)
+    }
+    report = import_csv(db, list(files), (8, 8, 8), class_from_filename=True, progress=False)
+    assert report.inserted["synapses"] == sum(expected.values())
+    assert report.inserted["skeletons"] == 12
+    assert all(d["nt_known"] == [] for d in db.skeletons.find())
+    assert db.synapses.count_documents({"label": "background"}) == expected["background"]
+
+    split = plan_split(db, "skeleton", "s", (0.5, 0.25, 0.25))
+    assert split.report.classes == ["background", "synapse"]
+    write_split(db, split)
+    for name in expected:
+        assert sum(split.report.counts[name].values()) == expected[name]
+    total = {name: 0 for name in expected}
+    for part in ("train", "validation", "test"):
+        grouped = synapses_by_class(db, "s", part, ["background", "synapse"])
+        for name, synapses in grouped.items():
+            assert len(synapses) == split.report.counts[name][part], (name, part)
+            assert all(s["label"] == name for s in synapses)
+            total[name] += len(synapses)
+    assert total == expected
+    # a whole body stays in one part, whatever its synapses' classes
+    parts: dict[int, set[str]] = {}
+    for doc in db.synapses.find():
+        parts.setdefault(doc["skeleton_id"], set()).add(doc["splits"]["s"])
+    assert all(len(p) == 1 for p in parts.values())
+
+    # one class only: the other class's synapses get no part, even in the same bodies
+    only = plan_split(db, "skeleton", "only", (0.5, 0.25, 0.25), ["synapse"])
+    write_split(db, only)
+    assert db.synapses.count_documents({"splits.only": {"$exists": True}}) == expected["synapse"]
+    assert (
+        db.synapses.count_documents({"label": "background", "splits.only": {"$exists": True}}) == 0
+    )
+
+    stats = synapse_stats(db)
+    assert stats["class_kind"] == "class"
+    assert {k: v["synapses"] for k, v in stats["classes"].items() if v["synapses"]} == expected
+
+
+def test_transmitter_import_still_refuses_a_body_of_two_classes(
+    small_db: Database, tmp_path: Path
+) -> None:
+    before = snapshot(small_db)
+    files = _two_class_tables(tmp_path)
+    with pytest.raises(ConnectoError, match=r"background\.csv:2: body 1 has transmitter"):
+        import_csv(small_db, list(files), (8, 8, 8), nt_from_filename=True, progress=False)
+    assert snapshot(small_db) == before
+
+
+def test_class_column(small_db: Database, tmp_path: Path) -> None:
+    header = "body,x,y,z,conf,syn_id,kind"
+    table = write_csv(
+        tmp_path / "t.csv",
+        [[7, 1, 2, 3, 0.9, 6001, "pre"], [7, 1, 2, 4, 0.9, 6002, "post"]],
+        header,
+    )
+    import_csv(small_db, [table], (8, 8, 8), class_column="kind", progress=False)
+    labels = {d["synapse_id"]: d["label"] for d in small_db.synapses.find({"skeleton_id": 7})}
+    assert labels == {6001: "pre", 6002: "post"}
+    before = snapshot(small_db)
+    empty = write_csv(tmp_path / "e.csv", [[8, 1, 2, 3, 0.9, 6003, " "]], header)
+    with pytest.raises(ConnectoError, match=r"e\.csv:2: empty class in column 'kind'"):
+        import_csv(small_db, [empty], (8, 8, 8), class_column="kind", progress=False)
+    with pytest.raises(ConnectoError, match=r"missing column\(s\) cls"):
+        import_csv(small_db, [empty], (8, 8, 8), class_column="cls", progress=False)
+    with pytest.raises(ConnectoError, match="not both"):
+        import_csv(
+            small_db, [empty], (8, 8, 8), class_column="kind", class_from_filename=True,
+            progress=False,
+        )  # fmt: skip
+    assert snapshot(small_db) == before
+    # the server's validator takes a label only as a non-empty string
+    with pytest.raises(Exception, match="[Vv]alidation"):
+        small_db.synapses.insert_one(
+            {"synapse_id": 6100, "x": 1.0, "y": 1.0, "z": 1.0, "skeleton_id": 7, "label": 3}
+        )
+
+
+def test_label_overrides_skeleton_transmitter(small_db: Database) -> None:
+    # skeleton 10 is gaba; synapse 2 carries its own class
+    small_db.synapses.update_one({"synapse_id": 2}, {"$set": {"label": "background"}})
+    small_db.synapses.update_many({}, {"$set": {"splits.a": "train"}})
+    grouped = synapses_by_class(small_db, "a", "train", ["gaba", "background", "acetylcholine"])
+    assert {k: [s["synapse_id"] for s in v] for k, v in grouped.items()} == {
+        "gaba": [1],
+        "background": [2],
+        "acetylcholine": [3],
+    }
+
+
+def test_cli_class_from_filename_and_stats_speak_of_classes(db_name: str, tmp_path: Path) -> None:
+    files = _two_class_tables(tmp_path)
+    runner = CliRunner()
+    done = runner.invoke(app, ["db", "import", "csv", *map(str, files), "--db", db_name,
+                               "--voxel-size", "8,8,8", "--class-from-filename"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    stats = runner.invoke(app, ["db", "stats", "--db", db_name])
+    assert stats.exit_code == 0, stats.output
+    assert "every synapse has its own class" in stats.output
+    assert "┃ class" in stats.output and "transmitter" not in stats.output
+    assert "background" in stats.output and "synapse " in stats.output
