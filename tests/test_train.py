@@ -96,18 +96,20 @@ def test_short_training_learns(
     setup = small_setup(
         tmp_path, synthetic, augment=False, log_every=25, save_every=1000, snapshot_every=1000
     )
-    result = train(setup, 250, progress=False)
-    assert (result.start_iteration, result.iteration, result.state) == (0, 250, "finished")
-    assert setup.checkpoints() == [250]  # the final checkpoint, although save_every is 1000
+    result = train(setup, 400, progress=False)
+    assert (result.start_iteration, result.iteration, result.state) == (0, 400, "finished")
+    assert setup.checkpoints() == [400]  # the final checkpoint, although save_every is 1000
     loss = [v for _, v in scalars(setup, "loss")]
     accuracy = [v for _, v in scalars(setup, "accuracy")]
-    assert [s for s, _ in scalars(setup, "loss")] == list(range(25, 251, 25))
-    assert np.mean(loss[-2:]) < 0.85 * loss[0], loss
-    assert np.mean(accuracy[-2:]) > 0.45, accuracy  # chance 1/3: 3.5 sd over 200 samples
+    assert [s for s, _ in scalars(setup, "loss")] == list(range(25, 401, 25))
+    assert np.mean(loss[-4:]) < 0.85 * loss[0], loss
+    # chance is 1/3: 0.5 is 7 sd above it over these 400 samples (the last 100 batches);
+    # runs reach 0.65-0.8 here, while 250 iterations left some runs at chance's edge
+    assert np.mean(accuracy[-4:]) > 0.5, accuracy
     assert scalars(setup, "learning_rate")[-1][1] == pytest.approx(0.001)
     assert scalars(setup, "iterations_per_second")[-1][1] > 0
     run = run_document(mongo_client, tracking_db, setup)
-    assert run["state"] == "finished" and run["iteration"] == 250
+    assert run["state"] == "finished" and run["iteration"] == 400
     assert run["last_loss"] == pytest.approx(result.last_loss)
     assert run["device"] == "cpu" and run["config"]["classifier_width"] == 64
     assert run["host"] and "git_commit" in run and run["started"] <= run["updated"]
