@@ -150,7 +150,7 @@ def stats_command(db: str = DB_OPTION) -> None:
     _report_recovery(stats["rolled_back"], stats["unfinished"])
     typer.echo(
         f"database {db}: {stats['synapses']} synapses, {stats['skeletons']} skeletons, "
-        f"{stats['hemilineages']} hemilineages"
+        f"{stats['hemi_lineages']} hemilineages"
     )
     if stats["class_kind"] == "transmitter":
         table = Table("transmitter", "synapses", "skeletons", "skeletons with synapses")
@@ -216,6 +216,16 @@ def recover_command(
     _report_recovery(rolled_back, unfinished)
     if not rolled_back and not unfinished:
         typer.echo(f"database {db}: no unfinished imports")
+
+
+@app.command("migrate")
+def migrate_command(db: str = DB_OPTION) -> None:
+    """Convert a database written in connecto's first layout (`hemilineages`) to
+    synister's layout, which connecto now reads and writes; safe to run again."""
+    from connecto.db.migrate import migrate
+
+    report = migrate(get_database(db))
+    typer.echo(f"database {db}: {report.summary()}")
 
 
 @app.command("export")

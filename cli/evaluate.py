@@ -30,6 +30,13 @@ def evaluate_command(
     out_dir: Path | None = typer.Option(
         None, "--out", help="where the PNGs go (default: the experiment's 04_evaluate/)"
     ),
+    synapse_types: str | None = typer.Option(
+        None,
+        "--synapse-types",
+        help="comma-separated classes in the order of the predictions, e.g. "
+        "gaba,acetylcholine,glutamate: names synister's lists of probabilities (needed for "
+        "named collections synister wrote; overrides a setup's classes)",
+    ),
 ) -> None:
     """Per-synapse and per-skeleton (majority vote) confusion matrices, precision, recall,
     accuracy and balanced accuracy; stored in `scores`, plotted under 04_evaluate/."""
@@ -39,9 +46,11 @@ def evaluate_command(
         best = synapses.select_best(Path.cwd(), split or "validation", metric, min_synapses)
         typer.echo(best.report())
         return
+    types = synapse_types.split(",") if synapse_types is not None else None
     for evaluation in synapses.evaluate(
-        Path.cwd(), collections or [], database, split, min_synapses, out_dir
-    ):
+        Path.cwd(), collections or [], database, split, min_synapses, out_dir,
+        synapse_types=types,
+    ):  # fmt: skip
         typer.echo(evaluation.report())
         typer.echo(f"plots: {', '.join(evaluation.plots)}\n")
 

@@ -60,6 +60,11 @@ def prepare_prediction_command(
         False, "-v", help="synister's flag: same as --split validation"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="allow replacing predictions"),
+    number_by_iteration: bool = typer.Option(
+        False,
+        "--number-by-iteration",
+        help="collections ..._p<iteration> (synister's predict.py), not ..._p<setup number>",
+    ),
 ) -> None:
     """Create one 03_predict/setup_t<ID>_p<N>/ per checkpoint iteration."""
     if split not in ("validation", "test"):
@@ -67,7 +72,7 @@ def prepare_prediction_command(
     setup = TrainSetup(base.resolve(), experiment, train_id)
     created = prepare_prediction(
         setup, [*iterations, *(more_iterations or [])], "validation" if validation else split,
-        overwrite,
+        overwrite, number_by_iteration=number_by_iteration,
     )  # fmt: skip
     for predict_setup, config in created:
         typer.echo(

@@ -29,6 +29,12 @@ def predict_command(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="predict again into a complete collection (replacing it)"
     ),
+    number_by_iteration: bool = typer.Option(
+        False,
+        "--number-by-iteration",
+        help="new predict setups write to ..._p<iteration> (synister's predict.py) instead "
+        "of ..._p<setup number>",
+    ),
     workers: int = typer.Option(1, "-w", "--workers", help="worker processes"),
     batch_size: int | None = typer.Option(
         None, "-b", "--batch-size", help="synapses per forward pass (default: batch_size)"
@@ -56,12 +62,16 @@ def predict_command(
         options = {
             "split": split, "iterations": iterations, "all_checkpoints": all_checkpoints,
             "overwrite": overwrite, "workers": workers, "batch_size": batch_size,
+            "number_by_iteration": number_by_iteration,
         }  # fmt: skip
         report_jobs(submit_rerun(Path.cwd(), "predict", [], options, wait), waited=wait)
         return
     from connecto.tasks.synapse_classification.predict import predict  # torch: only when predicting
 
-    runs = predict(Path.cwd(), split, iterations, all_checkpoints, overwrite, workers, batch_size)
+    runs = predict(
+        Path.cwd(), split, iterations, all_checkpoints, overwrite, workers, batch_size,
+        number_by_iteration=number_by_iteration,
+    )  # fmt: skip
     for run in runs:
         resumed = f", {run.resumed_from} from an earlier run" if run.resumed_from else ""
         typer.echo(

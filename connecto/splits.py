@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from connecto import ConnectoError
 from connecto.db.client import retry_write
-from connecto.db.schema import SKELETONS, SYNAPSES
+from connecto.db.schema import SKELETONS, SYNAPSES, require_current_layout
 from connecto.db.synapses import PARTS, class_of_skeletons, class_query, synapse_class
 from connecto.names import check_name
 
@@ -92,13 +92,13 @@ def _group_counts(
         )
         if name in wanted:
             rows.append((skeleton, row["_id"].get("r"), name, row["n"]))
-    hemilineage: dict[int, Any] = {}
+    hemi_lineage: dict[int, Any] = {}
     if by == "hemilineage":
         ids = sorted({skeleton for skeleton, _, _, _ in rows})
         for doc in db[SKELETONS].find(
-            {"skeleton_id": {"$in": ids}}, {"skeleton_id": 1, "hemilineage_id": 1}
+            {"skeleton_id": {"$in": ids}}, {"skeleton_id": 1, "hemi_lineage_id": 1}
         ):
-            hemilineage[doc["skeleton_id"]] = doc.get("hemilineage_id")
+            hemi_lineage[doc["skeleton_id"]] = doc.get("hemi_lineage_id")
     counts: dict[Any, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     members: dict[Any, set[int]] = defaultdict(set)
     excluded = 0
@@ -106,7 +106,7 @@ def _group_counts(
         if by == "skeleton":
             group = skeleton
         elif by == "hemilineage":
-            group = hemilineage.get(skeleton)
+            group = hemi_lineage.get(skeleton)
         else:
             group = region
         if group is None:
@@ -293,6 +293,7 @@ def _check_request(
     if by not in GROUP_BY:
         raise ConnectoError(f"--by {by!r}: expected one of {', '.join(GROUP_BY)}")
     check_name("split name", name)
+    require_current_layout(db)
     if len(fractions) != len(PARTS) or abs(sum(fractions) - 1) > 1e-6:
         raise ConnectoError(f"fractions {fractions}: expected three numbers summing to 1")
     key = f"splits.{name}"
@@ -439,6 +440,8 @@ def write_split(
     coll = db[SYNAPSES]
     total = sum(sum(parts.values()) for parts in report.counts.values())
     with tqdm(total=total, desc=f"split {report.name}", unit="syn", disable=not progress) as bar:
+        # synister's null `splits` cannot hold a field: `{}` first (idempotent)
+        retry_write(partial(coll.update_many, {"splits": None}, {"$set": {"splits": {}}}))
         if overwrite:
             retry_write(partial(coll.update_many, {key: {"$exists": True}}, {"$unset": {key: ""}}))
         for part, queries in plan.queries.items():

@@ -11,6 +11,7 @@ from pymongo import MongoClient
 
 from connecto import ConnectoError
 from connecto.db.client import tracking_database
+from connecto.db.predictions import prediction_target
 from connecto.experiment import TrainSetup, find_setup, prepare_training
 from connecto.tasks.synapse_classification.config import SynapsePredictConfig, SynapseTrainConfig
 from connecto.tasks.synapse_classification.setups import prepare_prediction
@@ -130,6 +131,13 @@ def test_prepare_prediction_numbers_and_contents(
     )
     assert result.returncode == 0
     assert setup.predict_setup(3).predict_config().split_part == "validation"
+    # synister's predict.py numbers collections by iteration: `_p5000`, in setup 4
+    result = connecto("prepare-prediction", "-d", tmp_path, "-e", "exp", "-t", "2", "-i", "5000",
+                      "--number-by-iteration")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = setup.predict_setup(4).predict_config()
+    assert config.predict_number == 5000
+    assert prediction_target(config)[1] == f"{config.split_name}_exp_t2_p5000"
 
 
 def test_prepare_prediction_takes_iterations_as_the_readme_writes_them(

@@ -37,7 +37,7 @@ def build(db: Database, skeletons_per_class: dict[str, int], seed: int = 1) -> N
                 {
                     "skeleton_id": skeleton_id,
                     "nt_known": [name],
-                    "hemilineage_id": skeleton_id % 12,
+                    "hemi_lineage_id": skeleton_id % 12,
                 }
             )
             for _ in range(int(rng.integers(5, 60))):
@@ -52,8 +52,8 @@ def build(db: Database, skeletons_per_class: dict[str, int], seed: int = 1) -> N
                         "brain_region": f"r{int(rng.integers(0, 15))}",
                     }
                 )
-    hemilineages = [{"hemilineage_id": h, "name": f"h{h}"} for h in range(12)]
-    write_synapse_data(db, synapses, skeletons, hemilineages, progress=False)
+    hemi_lineages = [{"hemi_lineage_id": h, "hemi_lineage_name": f"H{h}"} for h in range(12)]
+    write_synapse_data(db, synapses, skeletons, hemi_lineages, progress=False)
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_group_splits_keep_groups_whole(db: Database, by: str, field: str | None
     if field:
         groups = parts_of(db, "g", field)
     else:
-        hemilineage = {d["skeleton_id"]: d["hemilineage_id"] for d in db.skeletons.find()}
+        hemilineage = {d["skeleton_id"]: d["hemi_lineage_id"] for d in db.skeletons.find()}
         groups = defaultdict(set)
         for skeleton, parts in parts_of(db, "g", "skeleton_id").items():
             groups[hemilineage[skeleton]] |= parts
@@ -124,7 +124,7 @@ def test_too_few_groups_names_the_class(mongo_client: MongoClient, db_name: str)
     build(db, {"gaba": 5, "glutamate": 2})
     with pytest.raises(ConnectoError, match="class 'glutamate' has 2 skeleton group"):
         make_split(db, "skeleton", "s")
-    assert db.synapses.count_documents({"splits": {"$exists": True}}) == 0
+    assert db.synapses.count_documents({"splits.s": {"$exists": True}}) == 0
 
 
 def test_bad_arguments(db: Database) -> None:

@@ -179,11 +179,16 @@ def synapse_documents(
     synapses: Sequence[SyntheticSynapse], classes: Sequence[str],
     voxel_size: Sequence[int], synapses_per_skeleton: int = 5,
 ) -> tuple[list[dict], list[dict], list[dict]]:  # fmt: skip
-    """Synapse, skeleton and hemilineage documents: synapses of one class grouped into
-    skeletons of `synapses_per_skeleton`, two hemilineages per class."""
+    """Synapse, skeleton and hemi lineage documents: synapses of one class grouped into
+    skeletons of `synapses_per_skeleton`, two hemi lineages per class (upper-case names, as
+    synister looks them up)."""
     synapse_docs, skeleton_docs = [], []
-    hemilineages = [
-        {"hemilineage_id": 2 * c + h + 1, "name": f"{name}_{'ab'[h]}", "nt_guess": [name]}
+    hemi_lineages = [
+        {
+            "hemi_lineage_id": 2 * c + h + 1,
+            "hemi_lineage_name": f"{name.upper()}_{'AB'[h]}",
+            "nt_guess": [name],
+        }
         for c, name in enumerate(classes)
         for h in range(2)
     ]
@@ -191,9 +196,9 @@ def synapse_documents(
         members = [s for s in synapses if s.class_index == class_index]
         for start in range(0, len(members), synapses_per_skeleton):
             skeleton_id = len(skeleton_docs) + 1
-            hemilineage_id = 2 * class_index + (skeleton_id % 2) + 1
+            hemi_lineage_id = 2 * class_index + (skeleton_id % 2) + 1
             skeleton_docs.append(
-                {"skeleton_id": skeleton_id, "nt_known": [name], "hemilineage_id": hemilineage_id}
+                {"skeleton_id": skeleton_id, "nt_known": [name], "hemi_lineage_id": hemi_lineage_id}
             )
             for synapse in members[start : start + synapses_per_skeleton]:
                 z, y, x = (float(v * s) for v, s in zip(synapse.voxel, voxel_size, strict=True))
@@ -202,7 +207,7 @@ def synapse_documents(
                     "skeleton_id": skeleton_id, "confidence": 1.0, "prepost": "pre",
                     "brain_region": "left" if skeleton_id % 2 else "right",
                 })  # fmt: skip
-    return synapse_docs, skeleton_docs, hemilineages
+    return synapse_docs, skeleton_docs, hemi_lineages
 
 
 def synthesize_synapses(
@@ -230,10 +235,10 @@ def synthesize_synapses(
         )
         array[:] = raw
         bar.update()
-        synapse_docs, skeleton_docs, hemilineages = synapse_documents(
+        synapse_docs, skeleton_docs, hemi_lineages = synapse_documents(
             synapses, classes, voxel_size, synapses_per_skeleton
         )
-        write_synapse_data(db, synapse_docs, skeleton_docs, hemilineages, progress=False)
+        write_synapse_data(db, synapse_docs, skeleton_docs, hemi_lineages, progress=False)
         bar.update()
     per_class = {name: sum(s.class_index == i for s in synapses) for i, name in enumerate(classes)}
     return SyntheticReport(

@@ -1,4 +1,9 @@
-"""JSON-schema validators and indexes of a data database, kept as files in `mongo/`."""
+"""JSON-schema validators and indexes of a data database, kept as files in `mongo/`.
+
+The layout is synister's (collections `synapses`, `skeletons`, `hemi_lineages`; its field
+names, nulls and integer positions are valid), so synister's code reads a connecto
+database and connecto reads one synister wrote.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,29 @@ from functools import cache
 from typing import Any
 
 from pymongo import IndexModel
+from pymongo.collection import Collection
 from pymongo.database import Database
 
+from connecto import ConnectoError
 from connecto.resources import resource_dir
 
 SYNAPSES = "synapses"
 SKELETONS = "skeletons"
-HEMILINEAGES = "hemilineages"
-DATA_COLLECTIONS = (HEMILINEAGES, SKELETONS, SYNAPSES)
+HEMI_LINEAGES = "hemi_lineages"
+DATA_COLLECTIONS = (HEMI_LINEAGES, SKELETONS, SYNAPSES)
+# connecto's first layout (`hemilineages`, `hemilineage_id`, `name`); `connecto db migrate`
+# converts it. Its imports always created this collection, so its presence tells.
+OLD_HEMILINEAGES = "hemilineages"
+
+
+def require_current_layout(db: Database) -> None:
+    """Refuse a database in connecto's first layout, naming the command that converts it."""
+    if OLD_HEMILINEAGES in db.list_collection_names():
+        raise ConnectoError(
+            f"database {db.name!r} is in connecto's first layout (collection "
+            f"{OLD_HEMILINEAGES!r}); run `connecto db migrate --db {db.name}` once to "
+            "convert it to synister's layout"
+        )
 
 
 @cache
@@ -39,8 +59,18 @@ def index_models(collection: str) -> list[IndexModel]:
     ]
 
 
+def _missing_indexes(collection: Collection) -> list[IndexModel]:
+    """Our indexes whose keys no index of the collection covers yet. synister's `create`
+    makes the same ones, non-unique and sparse, some under other names; MongoDB refuses a
+    second index on the same keys, so theirs are kept."""
+    present = {tuple(info["key"].items()) for info in collection.list_indexes()}
+    wanted = index_models(collection.name)
+    return [m for m in wanted if tuple(m.document["key"].items()) not in present]
+
+
 def init_database(db: Database) -> None:
     """Apply validators and indexes to the data collections; safe to run any number of times."""
+    require_current_layout(db)
     existing = set(db.list_collection_names())
     for collection in DATA_COLLECTIONS:
         options = {"validator": validator(collection), "validationLevel": "strict"}
@@ -48,4 +78,6 @@ def init_database(db: Database) -> None:
             db.command("collMod", collection, **options)
         else:
             db.create_collection(collection, validationAction="error", **options)
-        db[collection].create_indexes(index_models(collection))
+        missing = _missing_indexes(db[collection])
+        if missing:
+            db[collection].create_indexes(missing)

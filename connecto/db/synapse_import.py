@@ -1,4 +1,4 @@
-"""Imports into a data database's `synapses`, `skeletons`, `hemilineages`.
+"""Imports into a data database's `synapses`, `skeletons`, `hemi_lineages`.
 
 Every import is validated in memory first (`connecto.db.synapse_rows`) and written
 all-or-nothing (see `_write` and `connecto.db.import_journal`); the readers in
@@ -22,14 +22,14 @@ from tqdm import tqdm
 from connecto import ConnectoError
 from connecto.db.client import brief_error, retry_write
 from connecto.db.import_journal import ImportJournal, recover_imports
-from connecto.db.schema import HEMILINEAGES, SKELETONS, SYNAPSES, init_database
+from connecto.db.schema import HEMI_LINEAGES, SKELETONS, SYNAPSES, init_database
 from connecto.db.synapse_readers import read_synapse_csvs, read_synister_dir
 from connecto.db.synapse_rows import ID_FIELD, Problems, SynapseData, clean_document
 
 __all__ = ["ImportReport", "import_csv", "import_synister", "write_synapse_data"]
 
 WRITE_CHUNK = 2000  # short server calls: progress, and little to redo after a dropped link
-ORDER = (HEMILINEAGES, SKELETONS, SYNAPSES)  # referenced documents before their referrers
+ORDER = (HEMI_LINEAGES, SKELETONS, SYNAPSES)  # referenced documents before their referrers
 
 Doc = dict[str, Any]
 Changes = tuple[list[Doc], list[tuple[Doc, Doc]]]  # (to insert, (new, old) pairs to replace)
@@ -49,7 +49,7 @@ class ImportReport:
         return "; ".join(
             f"{c}: {self.inserted.get(c, 0)} inserted, {self.unchanged.get(c, 0)} unchanged, "
             f"{self.replaced.get(c, 0)} replaced"
-            for c in (SYNAPSES, SKELETONS, HEMILINEAGES)
+            for c in (SYNAPSES, SKELETONS, HEMI_LINEAGES)
         )
 
 
@@ -89,6 +89,15 @@ def _differences(new: dict[str, Any], old: dict[str, Any]) -> list[str]:
         elif old.get(key) != value:
             diffs.append(f"{key}: {old.get(key)!r} -> {value!r}")
     return diffs
+
+
+def _changes(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """The `$set` replacing `old` by `new`: splits the import does not name are kept."""
+    fields = {k: v for k, v in new.items() if k != "splits"}
+    old_splits = old.get("splits")
+    if not isinstance(old_splits, dict):  # absent, or synister's null
+        return {**fields, "splits": new.get("splits", {})}
+    return fields | {f"splits.{name}": part for name, part in new.get("splits", {}).items()}
 
 
 def _clean_all(data: SynapseData, problems: Problems) -> Cleaned:
@@ -131,13 +140,13 @@ def _check_references(db: Database, clean: Cleaned, problems: Problems) -> None:
         if doc["skeleton_id"] not in skeleton_ids:
             problems.add(origin, f"synapse {doc['synapse_id']} of unknown skeleton "
                          f"{doc['skeleton_id']}")  # fmt: skip
-    referenced = {d["hemilineage_id"] for d, _ in clean[SKELETONS]} - {None}
-    hemilineage_ids = _known(db, clean, HEMILINEAGES, referenced)
+    referenced = {d["hemi_lineage_id"] for d, _ in clean[SKELETONS]} - {None}
+    hemi_lineage_ids = _known(db, clean, HEMI_LINEAGES, referenced)
     for doc, origin in clean[SKELETONS]:
-        if doc["hemilineage_id"] is not None and doc["hemilineage_id"] not in hemilineage_ids:
+        hemi_lineage = doc["hemi_lineage_id"]
+        if hemi_lineage is not None and hemi_lineage not in hemi_lineage_ids:
             problems.add(
-                origin,
-                f"skeleton {doc['skeleton_id']} of unknown hemilineage {doc['hemilineage_id']}",
+                origin, f"skeleton {doc['skeleton_id']} of unknown hemi lineage {hemi_lineage}"
             )
 
 
@@ -236,7 +245,9 @@ def _write_collection(coll: Collection, journal: ImportJournal, changes: Changes
         yield len(chunk)
     for pairs in _chunks(replacements, WRITE_CHUNK):
         journal.will_replace(coll.name, [old for _, old in pairs])
-        updates = [UpdateOne({"_id": old["_id"]}, {"$set": new}) for new, old in pairs]
+        updates = [
+            UpdateOne({"_id": old["_id"]}, {"$set": _changes(new, old)}) for new, old in pairs
+        ]
         retry_write(partial(coll.bulk_write, updates))
         yield len(pairs)
 
@@ -298,11 +309,11 @@ def write_synapse_data(
     db: Database,
     synapses: list[dict],
     skeletons: list[dict],
-    hemilineages: list[dict] | None = None,
+    hemi_lineages: list[dict] | None = None,
     replace: bool = False,
     progress: bool = True,
 ) -> ImportReport:
-    """Validate and write synapses, skeletons and hemilineages, all-or-nothing.
+    """Validate and write synapses, skeletons and hemi lineages, all-or-nothing.
 
     Raises ConnectoError listing the problems (bad fields, duplicate ids, synapses of unknown
     skeletons, data that differs from the database unless `replace`) before writing anything.
@@ -312,7 +323,7 @@ def write_synapse_data(
     for collection, docs in (
         (SYNAPSES, synapses),
         (SKELETONS, skeletons),
-        (HEMILINEAGES, hemilineages or []),
+        (HEMI_LINEAGES, hemi_lineages or []),
     ):
         for index, doc in enumerate(docs):
             data.add(collection, doc, f"{collection}[{index}]")

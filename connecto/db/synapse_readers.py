@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from connecto import ConnectoError
-from connecto.db.schema import HEMILINEAGES, SKELETONS, SYNAPSES
+from connecto.db.schema import HEMI_LINEAGES, SKELETONS, SYNAPSES
 from connecto.db.synapse_rows import ID_FIELD, CsvRow, Problems, SynapseData, as_id
 
 SYNISTER_FILES = {
     SYNAPSES: "synapses*.json",
     SKELETONS: "skeletons*.json",
-    HEMILINEAGES: "hemi_lineages*.json",
+    HEMI_LINEAGES: "hemi_lineages*.json",
 }
-# synister's field names -> ours
-SYNISTER_ALIASES = {"hemi_lineage_id": "hemilineage_id", "hemi_lineage_name": "name"}
 CSV_COLUMNS = ("body", "x", "y", "z", "syn_id")
 CSV_HEADER = "body,x,y,z[,conf],syn_id"
 
@@ -69,7 +67,6 @@ def _synister_documents(
         return
     for origin, key, doc in items:
         if isinstance(doc, dict):
-            doc = {SYNISTER_ALIASES.get(k, k): v for k, v in doc.items()}
             if key is not None:
                 if id_field in doc and not _same_id(doc[id_field], key):
                     problems.add(origin, f"{id_field} {doc[id_field]!r} differs from its key")
@@ -177,7 +174,7 @@ def read_synapse_csvs(
                 bodies[body] = (transmitter, origin)
                 data.add(
                     SKELETONS,
-                    {"skeleton_id": body, "nt_known": [transmitter] if transmitter else []},
+                    {"skeleton_id": body, "nt_known": [transmitter] if transmitter else None},
                     origin,
                 )
             elif bodies[body][0] != transmitter:

@@ -1,4 +1,4 @@
-"""What a synapse, skeleton, hemilineage or CSV row must hold: pydantic models per row.
+"""What a synapse, skeleton, hemi lineage or CSV row must hold: pydantic models per row.
 
 Field types are annotated with their own converters (not pydantic's lax coercions), so
 ids stay int64 from ints or digit strings only, coordinates finite numbers, and error
@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from connecto import ConnectoError
 from connecto.config import SplitPart
-from connecto.db.schema import HEMILINEAGES, SKELETONS, SYNAPSES
+from connecto.db.schema import HEMI_LINEAGES, SKELETONS, SYNAPSES
 from connecto.names import is_valid_name
 
 PARTS: tuple[str, ...] = get_args(SplitPart)
-ID_FIELD = {SYNAPSES: "synapse_id", SKELETONS: "skeleton_id", HEMILINEAGES: "hemilineage_id"}
+ID_FIELD = {SYNAPSES: "synapse_id", SKELETONS: "skeleton_id", HEMI_LINEAGES: "hemi_lineage_id"}
 MAX_LISTED = 20
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -55,14 +55,14 @@ class SynapseData:
 
     synapses: list[dict[str, Any]] = field(default_factory=list)
     skeletons: list[dict[str, Any]] = field(default_factory=list)
-    hemilineages: list[dict[str, Any]] = field(default_factory=list)
+    hemi_lineages: list[dict[str, Any]] = field(default_factory=list)
     origins: dict[str, list[str]] = field(
-        default_factory=lambda: {SYNAPSES: [], SKELETONS: [], HEMILINEAGES: []}
+        default_factory=lambda: {SYNAPSES: [], SKELETONS: [], HEMI_LINEAGES: []}
     )
 
     def docs(self, collection: str) -> list[dict[str, Any]]:
         by_name = {SYNAPSES: self.synapses, SKELETONS: self.skeletons}
-        return by_name.get(collection, self.hemilineages)
+        return by_name.get(collection, self.hemi_lineages)
 
     def add(self, collection: str, doc: dict[str, Any], origin: str) -> None:
         self.docs(collection).append(doc)
@@ -107,6 +107,11 @@ def _as_names(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"{value!r} is not a list of names")
     return list(value)
+
+
+def _as_transmitters(value: Any) -> list[str] | None:
+    """Known transmitters; none known is synister's null (an empty list reads the same)."""
+    return _as_names(value) or None
 
 
 def _as_text(value: Any) -> str:
@@ -185,35 +190,33 @@ class SynapseRow(_Document):
     prepost: Annotated[str, PlainValidator(_as_prepost)] | None = None
     # the synapse's own class (synister's field); without it, its skeleton's transmitter
     label: Annotated[str, PlainValidator(_as_label)] | None = None
-    splits: Annotated[dict[str, str], PlainValidator(_as_splits)] | None = None
-
-    def apply_to(self, doc: dict[str, Any]) -> None:
-        super().apply_to(doc)
-        if not doc.get("splits", True):
-            del doc["splits"]  # no splits yet: the field stays absent
+    # on every synapse, `{}` before any split: synister's readers index it unconditionally
+    splits: Annotated[dict[str, str], PlainValidator(_as_splits)] = Field(default_factory=dict)
+    ALWAYS_WRITTEN = ("splits",)
 
 
 class SkeletonRow(_Document):
-    ALWAYS_WRITTEN = ("nt_known", "hemilineage_id")
+    # synister reads both on every skeleton
+    ALWAYS_WRITTEN = ("nt_known", "hemi_lineage_id")
 
     skeleton_id: Id
-    nt_known: Names = Field(default_factory=list)
-    hemilineage_id: Id | None = None
+    nt_known: Annotated[list[str] | None, PlainValidator(_as_transmitters)] = None
+    hemi_lineage_id: Id | None = None
 
 
-class HemilineageRow(_Document):
+class HemiLineageRow(_Document):
     ALWAYS_WRITTEN = ("nt_guess",)
 
-    hemilineage_id: Id
-    # validated even when absent, for the message "field 'name': None is not a string"
-    name: Text = Field(default=None, validate_default=True)
+    hemi_lineage_id: Id
+    # validated even when absent: "field 'hemi_lineage_name': None is not a string"
+    hemi_lineage_name: Text = Field(default=None, validate_default=True)
     nt_guess: Names | None = None
 
 
 ROW_MODEL: dict[str, type[_Document]] = {
     SYNAPSES: SynapseRow,
     SKELETONS: SkeletonRow,
-    HEMILINEAGES: HemilineageRow,
+    HEMI_LINEAGES: HemiLineageRow,
 }
 
 

@@ -1,4 +1,4 @@
-"""Reading a data database's `synapses`, `skeletons`, `hemilineages`: the synapses of a
+"""Reading a data database's `synapses`, `skeletons`, `hemi_lineages`: the synapses of a
 split part by class (training and prediction), stats, and export in synister's form.
 
 Imports are in `connecto.db.synapse_import`.
@@ -15,8 +15,7 @@ from pymongo.database import Database
 
 from connecto import ConnectoError
 from connecto.db.import_journal import recover_imports
-from connecto.db.schema import HEMILINEAGES, SKELETONS, SYNAPSES
-from connecto.db.synapse_readers import SYNISTER_ALIASES
+from connecto.db.schema import HEMI_LINEAGES, SKELETONS, SYNAPSES, require_current_layout
 from connecto.db.synapse_rows import ID_FIELD, PARTS
 
 __all__ = [
@@ -72,7 +71,8 @@ def class_query(
     labelled: dict[str, Any] = {"label": {"$in": sorted(wanted)}}
     if skeletons is not None:
         labelled["skeleton_id"] = {"$in": list(skeletons)}
-    unlabelled = {"label": {"$exists": False}, "skeleton_id": {"$in": by_transmitter}}
+    # `None` matches a missing label and synister's null alike
+    unlabelled = {"label": None, "skeleton_id": {"$in": by_transmitter}}
     return {"$or": [labelled, unlabelled]}
 
 
@@ -84,6 +84,7 @@ def synapses_by_class(
     grouped by class (every class a key)."""
     if part is not None and part not in PARTS:
         raise ConnectoError(f"split part {part!r} is not one of {', '.join(PARTS)}")
+    require_current_layout(db)
     key = f"splits.{split_name}"
     if db[SYNAPSES].find_one({key: {"$exists": True}}, {"_id": 1}) is None:
         known = split_names(db)
@@ -114,6 +115,7 @@ def synapse_stats(db: Database) -> dict[str, Any]:
     `+`, or "(unknown)"). `class_kind` is "transmitter" when no synapse has a label, else
     "class"; `classes` (also under its old name `transmitters`) holds per class: synapses,
     skeletons (with that transmitter) and skeletons_with_synapses (of that class)."""
+    require_current_layout(db)
     rolled_back, unfinished = recover_imports(db)
     transmitter = {
         d["skeleton_id"]: _transmitter_label(d.get("nt_known") or [])
@@ -128,7 +130,7 @@ def synapse_stats(db: Database) -> dict[str, Any]:
     projection = {"skeleton_id": 1, "splits": 1, "brain_region": 1, "label": 1, "_id": 0}
     for doc in db[SYNAPSES].find({}, projection):
         total += 1
-        labelled += "label" in doc
+        labelled += doc.get("label") is not None
         name = doc.get("label") or transmitter.get(doc["skeleton_id"], "(no skeleton)")
         per_class[name] += 1
         skeletons_with_synapses[name].add(doc["skeleton_id"])
@@ -148,7 +150,7 @@ def synapse_stats(db: Database) -> dict[str, Any]:
     return {
         "synapses": total,
         "skeletons": len(transmitter),
-        "hemilineages": db[HEMILINEAGES].count_documents({}),
+        "hemi_lineages": db[HEMI_LINEAGES].count_documents({}),
         "class_kind": "class" if labelled else "transmitter",
         "labelled_synapses": labelled,
         "classes": classes,
@@ -168,18 +170,17 @@ def export_synister(db: Database, directory: Path) -> dict[str, int]:
     `import_synister` of the folder reproduces the database. Returns counts per file."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    reverse = {ours: theirs for theirs, ours in SYNISTER_ALIASES.items()}
     counts = {}
     for collection, filename in (
         (SYNAPSES, "synapses.json"),
         (SKELETONS, "skeletons.json"),
-        (HEMILINEAGES, "hemi_lineages.json"),
+        (HEMI_LINEAGES, "hemi_lineages.json"),
     ):
         id_field = ID_FIELD[collection]
         keyed = {}
         for doc in db[collection].find({}, {"_id": 0}).sort(id_field, 1):
             key = str(doc.pop(id_field))
-            keyed[key] = {reverse.get(k, k): v for k, v in doc.items()}
+            keyed[key] = doc
         tmp = directory / f".{filename}.tmp"
         tmp.write_text(json.dumps(keyed))
         tmp.replace(directory / filename)  # never a half-written export

@@ -41,7 +41,7 @@ def test_init_is_idempotent_and_keeps_validators(db: Database) -> None:
         assert info[collection]["options"]["validator"] == validator(collection)
     names = {i["name"]: i for i in db.synapses.list_indexes()}
     assert names["synapse_id"].get("unique") is True
-    assert list(names["position"]["key"]) == ["z", "y", "x"]
+    assert list(names["pos"]["key"]) == ["z", "y", "x"]
 
 
 def test_validator_rejects_with_code_121(db: Database) -> None:
@@ -104,10 +104,10 @@ def test_bulk_write_dotted_set_unset_in_and_exists(db: Database) -> None:
 def test_array_size_query_projection_and_sort(db: Database) -> None:
     db.skeletons.insert_many(
         [
-            {"skeleton_id": 3, "nt_known": ["gaba"], "hemilineage_id": None},
-            {"skeleton_id": 1, "nt_known": ["gaba", "octopamine"], "hemilineage_id": None},
-            {"skeleton_id": 2, "nt_known": [], "hemilineage_id": None},
-            {"skeleton_id": 4, "nt_known": ["acetylcholine"], "hemilineage_id": None},
+            {"skeleton_id": 3, "nt_known": ["gaba"], "hemi_lineage_id": None},
+            {"skeleton_id": 1, "nt_known": ["gaba", "octopamine"], "hemi_lineage_id": None},
+            {"skeleton_id": 2, "nt_known": [], "hemi_lineage_id": None},
+            {"skeleton_id": 4, "nt_known": ["acetylcholine"], "hemi_lineage_id": None},
         ]
     )
     found = db.skeletons.find({"nt_known": {"$size": 1}}, {"skeleton_id": 1, "_id": 0})
@@ -147,3 +147,72 @@ def test_aggregate_group_on_compound_key_with_missing_field(db: Database) -> Non
     )
     counts = {(r["_id"]["s"], r["_id"].get("r")): r["n"] for r in rows}
     assert counts == {(7, "AL"): 2, (7, None): 1, (8, "MB"): 1}
+
+
+# --- what reading and writing synister's layout relies on ---------------------------------------
+
+
+def test_synister_documents_pass_the_validators(db: Database) -> None:
+    """synister writes nulls for absent fields, integer positions and `splits: null`."""
+    db.synapses.insert_one({
+        "synapse_id": 1, "x": 100, "y": 200, "z": 40, "skeleton_id": 7, "splits": None,
+        "prepost": None, "meta_id": None, "treenode_id": None, "label": None,
+    })  # fmt: skip
+    db.skeletons.insert_one({"skeleton_id": 7, "hemi_lineage_id": None, "nt_known": None})
+    db.hemi_lineages.insert_one({"hemi_lineage_id": 3, "hemi_lineage_name": None, "nt_guess": None})
+    # its split writes: null -> {} (init_splits), then one part per split
+    db.synapses.update_many({}, {"$set": {"splits": {}}})
+    db.synapses.update_many({"synapse_id": {"$in": [1]}}, {"$set": {"splits.s": "train"}})
+    assert db.synapses.find_one({"synapse_id": 1})["splits"] == {"s": "train"}
+
+
+def test_null_query_matches_missing_and_null(db: Database) -> None:
+    db.synapses.insert_many([_synapse(1), _synapse(2, label=None), _synapse(3, label="gaba")])
+    found = db.synapses.find({"label": None}, {"synapse_id": 1, "_id": 0}).sort("synapse_id", 1)
+    assert [d["synapse_id"] for d in found] == [1, 2]
+    assert db.synapses.count_documents({"label": {"$ne": None}}) == 1
+
+
+def test_integer_query_matches_integral_double(db: Database) -> None:
+    """synister finds synapses by `int(round(z))` equality; connecto stores float nm."""
+    db.synapses.insert_one({**_synapse(1), "x": 438817.0, "y": 164242.0, "z": 217400.0})
+    query = {"$and": [{"z": 217400}, {"y": 164242}, {"x": 438817}]}
+    assert db.synapses.find_one({"$or": [query]})["synapse_id"] == 1
+
+
+def test_rename_field_collection_and_drop_index(db: Database) -> None:
+    db.old.insert_many([{"hemilineage_id": i, "name": f"H{i}"} for i in range(3)])
+    db.old.create_index([("hemilineage_id", 1)], unique=True, name="hemilineage_id")
+    db.old.drop_index("hemilineage_id")
+    renamed = db.old.update_many(
+        {}, {"$rename": {"hemilineage_id": "hemi_lineage_id", "name": "hemi_lineage_name"}}
+    )
+    assert renamed.modified_count == 3
+    db.old.rename("new")
+    assert "old" not in db.list_collection_names()
+    assert db.new.find_one({"hemi_lineage_id": 2}, {"_id": 0}) == {
+        "hemi_lineage_id": 2, "hemi_lineage_name": "H2"
+    }  # fmt: skip
+    assert [i["name"] for i in db.new.list_indexes()] == ["_id_"]
+
+
+def test_validator_switched_off_and_on(db: Database) -> None:
+    db.command("collMod", "skeletons", validator={}, validationLevel="off")
+    db.skeletons.insert_one({"skeleton_id": "not an id"})
+    db.skeletons.delete_many({})
+    init_database(db)
+    with pytest.raises(WriteError):
+        db.skeletons.insert_one({"skeleton_id": "not an id"})
+
+
+def test_init_keeps_synister_indexes_on_the_same_keys(mongo_client: MongoClient, db_name: str):
+    """synister's `create` indexes (sparse, non-unique, its names) stay; ours are not added
+    beside them (MongoDB refuses two indexes on the same keys)."""
+    db = mongo_client[db_name]
+    db.synapses.create_index([("z", 1), ("y", 1), ("x", 1)], name="pos", sparse=True)
+    db.synapses.create_index([("synapse_id", 1)], name="synapse_id", sparse=True)
+    init_database(db)
+    init_database(db)
+    indexes = {i["name"]: i for i in db.synapses.list_indexes()}
+    assert set(indexes) == {"_id_", "pos", "synapse_id", "skeleton_id"}
+    assert not indexes["synapse_id"].get("unique")

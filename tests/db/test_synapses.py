@@ -40,7 +40,7 @@ def snapshot(db: Database) -> dict[str, list[dict]]:
     """Everything in the data collections, for before/after comparisons."""
     return {
         c: sorted(db[c].find({}), key=lambda d: str(d["_id"]))
-        for c in ("synapses", "skeletons", "hemilineages")
+        for c in ("synapses", "skeletons", "hemi_lineages")
     }
 
 
@@ -74,10 +74,10 @@ def small_db(mongo_client: MongoClient, db_name: str) -> Database:
             {"synapse_id": 3, "x": 10.0, "y": 16.0, "z": 24.0, "skeleton_id": 11},
         ],
         skeletons=[
-            {"skeleton_id": 10, "nt_known": ["gaba"], "hemilineage_id": 5},
-            {"skeleton_id": 11, "nt_known": ["acetylcholine"], "hemilineage_id": None},
+            {"skeleton_id": 10, "nt_known": ["gaba"], "hemi_lineage_id": 5},
+            {"skeleton_id": 11, "nt_known": ["acetylcholine"], "hemi_lineage_id": None},
         ],
-        hemilineages=[{"hemilineage_id": 5, "name": "ALad1", "nt_guess": ["gaba"]}],
+        hemi_lineages=[{"hemi_lineage_id": 5, "hemi_lineage_name": "ALad1", "nt_guess": ["gaba"]}],
         progress=False,
     )
     return db
@@ -140,7 +140,7 @@ def test_manc_split_by_skeleton_is_balanced(manc_db: Database) -> None:
 def test_fafb_skeletons_and_hemilineages(mongo_client: MongoClient, db_name: str) -> None:
     db = mongo_client[db_name]
     report = import_synister(db, FAFB, progress=False)
-    assert report.inserted == {"hemilineages": 90, "skeletons": 2804, "synapses": 0}
+    assert report.inserted == {"hemi_lineages": 90, "skeletons": 2804, "synapses": 0}
     stats = synapse_stats(db)
     expected = {
         "acetylcholine": 397,
@@ -153,8 +153,9 @@ def test_fafb_skeletons_and_hemilineages(mongo_client: MongoClient, db_name: str
         "(unknown)": 2804 - 688,
     }
     assert {k: v["skeletons"] for k, v in stats["transmitters"].items()} == expected
-    hemilineage = db.hemilineages.find_one({"hemilineage_id": 1})
-    assert hemilineage["name"] == "ALad1" and hemilineage["nt_guess"] == ["acetylcholine"]
+    hemilineage = db.hemi_lineages.find_one({"hemi_lineage_id": 1})
+    assert hemilineage["hemi_lineage_name"] == "ALad1"
+    assert hemilineage["nt_guess"] == ["acetylcholine"]
     again = import_synister(db, FAFB, progress=False)
     assert again.inserted["skeletons"] == 0 and again.unchanged["skeletons"] == 2804
 
@@ -212,8 +213,10 @@ def test_unknown_skeleton_and_hemilineage_refused(small_db: Database) -> None:
         write_synapse_data(
             small_db, [{"synapse_id": 9, "x": 1, "y": 2, "z": 3, "skeleton_id": 99}], []
         )
-    with pytest.raises(ConnectoError, match=r"skeletons\[0\]: skeleton 12 of unknown hemilineage"):
-        write_synapse_data(small_db, [], [{"skeleton_id": 12, "nt_known": [], "hemilineage_id": 6}])
+    with pytest.raises(ConnectoError, match=r"skeletons\[0\]: skeleton 12 of unknown hemi lineage"):
+        write_synapse_data(
+            small_db, [], [{"skeleton_id": 12, "nt_known": [], "hemi_lineage_id": 6}]
+        )
     assert snapshot(small_db) == before
 
 
@@ -241,7 +244,7 @@ def test_failed_write_is_undone(
         {"synapse_id": 100 + i, "x": 1000.0 + i, "y": 1.0, "z": 1.0, "skeleton_id": 10}
         for i in range(5)
     ] + [{"synapse_id": 200, "x": 8.0, "y": 16.0, "z": 24.0, "skeleton_id": 10}]  # = synapse 1
-    skeletons = [{"skeleton_id": 11, "nt_known": ["glutamate"], "hemilineage_id": None}]
+    skeletons = [{"skeleton_id": 11, "nt_known": ["glutamate"], "hemi_lineage_id": None}]
     with pytest.raises(ConnectoError, match="database is as before"):
         write_synapse_data(small_db, synapses, skeletons, replace=True, progress=False)
     assert snapshot(small_db) == before
@@ -303,7 +306,7 @@ def test_export_import_round_trip(
                     ({k: v for k, v in d.items() if k != "_id"} for d in db[c].find()),
                     key=repr,
                 )
-                for c in ("synapses", "skeletons", "hemilineages")
+                for c in ("synapses", "skeletons", "hemi_lineages")
             }
 
         assert content(copy) == content(small_db)
@@ -432,7 +435,7 @@ def test_two_class_csv_import_split_and_read(
     report = import_csv(db, list(files), (8, 8, 8), class_from_filename=True, progress=False)
     assert report.inserted["synapses"] == sum(expected.values())
     assert report.inserted["skeletons"] == 12
-    assert all(d["nt_known"] == [] for d in db.skeletons.find())
+    assert all(d["nt_known"] is None for d in db.skeletons.find())  # synister: unknown
     assert db.synapses.count_documents({"label": "background"}) == expected["background"]
 
     split = plan_split(db, "skeleton", "s", (0.5, 0.25, 0.25))

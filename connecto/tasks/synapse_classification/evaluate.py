@@ -4,6 +4,11 @@ accuracy per synapse, and synister's neuron-level figure, the per-skeleton major
 Tie rule of the vote: among the classes with the most votes, the one that comes first in
 the class order wins (numpy's argmax over the vote counts). This is the rule of synister's
 published FAFB neuron predictions.
+
+Collections written by synister are scored too (`read_predictions`): their lists of
+probabilities are named by the predict setup's classes (or `--synapse-types`), their
+synapses' skeletons and classes come from the data database, and synapses of classes that
+were not predicted (synister predicts every synapse of the split part) are not scored.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pymongo.database import Database
 
 from connecto import ConnectoError
 from connecto.db.client import get_database, tracking_database
-from connecto.db.predictions import prediction_target, read_predictions
+from connecto.db.predictions import OTHER_CLASS, done_query, prediction_target, read_predictions
 from connecto.db.tracking import PREDICTIONS, SCORES, find_score, store_score
 from connecto.experiment import EVALUATE_DIR, PREDICT_DIR, PredictSetup, TrainSetup, find_setup
 from connecto.names import predictions_database_name
@@ -140,6 +145,7 @@ class Evaluation:
     skipped_skeletons: int
     iteration: int | None = None
     plots: list[str] = field(default_factory=list)
+    other_class: int = 0  # of the unlabelled: a known class that is none of the classes
 
     def metric(self, name: str) -> float:
         value = {
@@ -160,8 +166,18 @@ class Evaluation:
             self.skeleton.table(f"{self.name} — per skeleton, majority vote{note}"),
         ]
         if self.unlabelled:
-            parts.append(f"{self.unlabelled} synapses without a known class were not scored")
+            parts.append(self.unscored_line())
         return "\n\n".join(parts)
+
+    def unscored_line(self) -> str:
+        without = self.unlabelled - self.other_class
+        if not self.other_class:
+            return f"{without} synapses without a known class were not scored"
+        classes = ", ".join(self.synapse.class_names)
+        line = f"{self.other_class} synapses had no class among the predicted classes ({classes})"
+        if without:
+            line += f" and {without} had no known class"
+        return line + "; they were not scored"
 
 
 def class_names_of(documents: Sequence[dict[str, Any]]) -> list[str]:
@@ -179,7 +195,8 @@ def evaluate_documents(
     name: str = "predictions",
 ) -> Evaluation:
     """Score prediction documents (`label`, `predicted`, `skeleton_id`); documents without
-    a label are counted as unlabelled and not scored."""
+    a label are counted as unlabelled and not scored (`other_class`: those whose class is
+    known but none of the classes, marked `OTHER_CLASS` by `read_predictions`)."""
     if min_synapses < 1:
         raise ConnectoError(f"--min-synapses {min_synapses}: must be at least 1")
     if not documents:
@@ -218,6 +235,7 @@ def evaluate_documents(
         unlabelled=len(documents) - len(true),
         skipped_skeletons=len(truth) - len(voted),
         iteration=next((d.get("iteration") for d in documents if "iteration" in d), None),
+        other_class=sum(1 for d in documents if d.get("label") is None and d.get(OTHER_CLASS)),
     )
 
 
@@ -277,6 +295,7 @@ def store_scores(
         "iteration": evaluation.iteration,
         "min_synapses": evaluation.min_synapses,
         "unlabelled": evaluation.unlabelled,
+        "other_class": evaluation.other_class,
         "synapse": evaluation.synapse.to_document(),
         "skeleton": evaluation.skeleton.to_document(),
         "plots": evaluation.plots,
@@ -341,15 +360,54 @@ def _run_state(tracking: Database, target: Target) -> dict[str, Any] | None:
     return tracking[PREDICTIONS].find_one({"setup_dir": str(target.setup.path)})
 
 
+def _predicted_by_synister(tracking: Database, target: Target) -> bool:
+    """Whether the collection of a predict setup without a tracked run holds predictions
+    that no tracked run claims: synister's own predict scripts wrote them. (A collection
+    a tracked run claims belongs to that run's setup, not to this one.)"""
+    claimed = tracking[PREDICTIONS].find_one(
+        {"predictions_db": target.database, "collection": target.collection}, {"_id": 1}
+    )
+    if claimed is not None:
+        return False
+    collection = get_database(target.database)[target.collection]
+    return collection.find_one(done_query(), {"_id": 1}) is not None
+
+
+def class_names_for(
+    target: Target, run: dict[str, Any], synapse_types: Sequence[str] | None = None
+) -> list[str] | None:
+    """The class order of a collection: `synapse_types` when given (`--synapse-types`),
+    else the predict setup's config, else its tracked run's; None when unknown."""
+    if synapse_types:
+        return check_synapse_types(synapse_types)
+    if target.setup is not None:
+        return list(target.setup.predict_config().class_names)
+    return run.get("class_names")
+
+
+def check_synapse_types(synapse_types: Sequence[str]) -> list[str]:
+    names = [n.strip() for n in synapse_types]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise ConnectoError(
+            f"--synapse-types {','.join(synapse_types)}: expected at least two distinct class "
+            "names, comma-separated, in the order of the predictions (synapse_types)"
+        )
+    return names
+
+
 def evaluate_target(
-    target: Target, tracking: Database, min_synapses: int = 1, plots: bool = True
+    target: Target,
+    tracking: Database,
+    min_synapses: int = 1,
+    plots: bool = True,
+    synapse_types: Sequence[str] | None = None,
 ) -> Evaluation:
     """Score one collection, save its plots, store its `scores` document."""
-    documents = read_predictions(get_database(target.database)[target.collection])
+    run = _run_state(tracking, target) or {}
+    names = class_names_for(target, run, synapse_types)
+    documents = read_predictions(get_database(target.database)[target.collection], names)
     if not documents:
         raise ConnectoError(f"{target.key}: no predictions (run `connecto predict` first)")
-    run = _run_state(tracking, target) or {}
-    names = run.get("class_names")
     evaluation = evaluate_documents(documents, names, min_synapses, target.collection)
     if plots:
         save_plots(evaluation, target.out_dir)
@@ -377,15 +435,21 @@ def evaluate(
     min_synapses: int = 1,
     out_dir: Path | None = None,
     plots: bool = True,
+    synapse_types: Sequence[str] | None = None,
 ) -> list[Evaluation]:
     """`connecto evaluate`: score each target (see `find_targets`); predict setups that
-    have not been predicted yet are skipped."""
+    have not been predicted yet are skipped (those synister predicted are scored).
+    `synapse_types` names the classes of the predictions' lists (synister's collections),
+    overriding the setups' classes."""
+    if synapse_types:
+        synapse_types = check_synapse_types(synapse_types)
     tracking = tracking_database()
     evaluations = []
     for target in find_targets(path, collections, database, split, out_dir):
-        if target.setup is not None and _run_state(tracking, target) is None:
+        untracked = target.setup is not None and _run_state(tracking, target) is None
+        if untracked and not _predicted_by_synister(tracking, target):
             continue  # prepared but never predicted
-        evaluations.append(evaluate_target(target, tracking, min_synapses, plots))
+        evaluations.append(evaluate_target(target, tracking, min_synapses, plots, synapse_types))
     if not evaluations:
         raise ConnectoError(f"{path}: nothing predicted yet; run `connecto predict` first")
     return evaluations

@@ -4,13 +4,16 @@ Run from a train setup, it creates (or reuses) one predict setup per checkpoint 
 and runs each; run from a predict setup, it runs that one. A run reads the synapses of the
 split part from MongoDB, crops raw around each from zarr, batches them through the model
 (eval mode, no gradients) and writes one document per synapse to
-`<data_db>_predictions.<split_name>_<experiment>_t<train_id>_p<predict_id>`.
+`<data_db>_predictions.<split_name>_<experiment>_t<train_id>_p<predict_number>` (the
+predict config's `predict_number`; layout in `connecto.db.predictions`, readable by
+synister).
 
-A run that was killed is resumed: only synapses without a document are predicted, and
-the unique `synapse_id` index makes a duplicate impossible. A complete collection is left
-alone unless `overwrite`. N workers (processes) each take a disjoint share of the missing
-synapses and report to one progress bar. Every run is tracked in `predictions` of the
-tracking database (state, expected and written counts).
+A run that was killed is resumed: only synapses without a prediction are predicted, and
+the unique `synapse_id` index makes a duplicate impossible. A collection that synister
+pre-created (`{synapse_id, prediction: None}` documents) is filled in place. A complete
+collection is left alone unless `overwrite`. N workers (processes) each take a disjoint
+share of the missing synapses and report to one progress bar. Every run is tracked in
+`predictions` of the tracking database (state, expected and written counts).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from connecto.db.client import connect, get_database, resolve_uri, tracking_data
 from connecto.db.predictions import (
     collection_owner,
     collection_state,
+    missing_synapse_ids,
     prediction_document,
     prediction_target,
     prepare_collection,
@@ -86,6 +90,7 @@ def predict_setups_for(
     iterations: Sequence[int] | None,
     all_checkpoints: bool,
     overwrite: bool = False,
+    number_by_iteration: bool = False,
 ) -> list[PredictSetup]:
     """The predict setups of `train` for these iterations (default: the latest
     checkpoint), reusing existing ones for the same checkpoint and split part. Nothing is
@@ -110,7 +115,11 @@ def predict_setups_for(
     new = [it for it, setup in existing.items() if setup is None]
     # the new setups are checked with the reused ones, before any of them is created
     created = prepare_prediction(
-        train, new, split_part, check=lambda planned: refuse(reused + planned, overwrite)
+        train,
+        new,
+        split_part,
+        check=lambda planned: refuse(reused + planned, overwrite),
+        number_by_iteration=number_by_iteration,
     )
     made = iter(setup for setup, _ in created)
     return [setup if setup is not None else next(made) for setup in existing.values()]
@@ -126,8 +135,11 @@ def predict(
     batch_size: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    number_by_iteration: bool = False,
 ) -> list[PredictionRun]:
-    """`connecto predict` run in `path` (a train or a predict setup)."""
+    """`connecto predict` run in `path` (a train or a predict setup); new predict setups
+    number their collections by iteration with `number_by_iteration` (see
+    `prepare_prediction`)."""
     if split is not None and split not in SPLIT_PARTS:
         raise ConnectoError(f"--split {split!r}: expected validation or test")
     check_run_options(workers, batch_size)
@@ -146,7 +158,9 @@ def predict(
     else:
         if split is None:
             raise ConnectoError("give --split validation or --split test")
-        setups = predict_setups_for(setup, split, iterations, all_checkpoints, overwrite)
+        setups = predict_setups_for(
+            setup, split, iterations, all_checkpoints, overwrite, number_by_iteration
+        )
     runs = []
     for predict_setup in setups:
         log(f"predicting with {predict_setup.path}")
@@ -257,8 +271,12 @@ class _Run:
     database: str
     name: str
     collection: Collection
-    expected: int  # synapses of the split part
+    expected_ids: list[int]  # synapses of the split part
     todo: list[dict[str, Any]]  # those without a prediction yet
+
+    @property
+    def expected(self) -> int:
+        return len(self.expected_ids)
 
     @property
     def resumed_from(self) -> int:
@@ -297,7 +315,7 @@ def _prepare_run(setup: PredictSetup, config: SynapsePredictConfig, overwrite: b
     )
     missing = set(missing_ids)
     todo = [s for s in synapses if s["synapse_id"] in missing]
-    return _Run(setup, config, tracking, database, name, collection, len(expected), todo)
+    return _Run(setup, config, tracking, database, name, collection, expected, todo)
 
 
 def _started_record(run: _Run, workers: int, batch: int) -> dict[str, Any]:
@@ -371,8 +389,9 @@ def _predict_with_progress(run: _Run, job: _Job, workers: int, progress: bool) -
 
 def _track_finished(run: _Run, state: str, error: str | None) -> tuple[str, str | None]:
     """Record how the run ended; a run that ended without error but left synapses without
-    a prediction failed."""
-    written = run.collection.count_documents({})
+    a prediction failed. Only the expected synapses' predictions count: a collection
+    synister pre-created also holds synapses of other classes, still to do."""
+    written = run.expected - len(missing_synapse_ids(run.collection, run.expected_ids))
     if state == "done" and written < run.expected:
         state, error = "failed", f"{run.expected - written} synapses have no prediction"
     track_prediction_run(
@@ -408,8 +427,9 @@ def prediction_threads(num_cpus: int, workers: int) -> int:
 
 def predict_share(job: _Job, synapses: list[dict[str, Any]], report: Callable[[int], Any]) -> int:
     """Predict `synapses` batch by batch: crops are read and documents written in
-    background threads while the model runs. Each batch is one unordered insert, so a kill
-    loses at most the batches in flight. Returns how many documents were written."""
+    background threads while the model runs. Each batch is one unordered write
+    (`write_predictions`), so a kill loses at most the batches in flight. Returns how
+    many documents were written."""
     if not synapses:
         return 0
     from connecto.data.volumes import open_raw, read_crop

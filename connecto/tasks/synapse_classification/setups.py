@@ -38,11 +38,14 @@ def prepare_prediction(
     split_part: str = "test",
     overwrite: bool = False,
     check: PredictionCheck | None = None,
+    number_by_iteration: bool = False,
 ) -> list[tuple[PredictSetup, SynapsePredictConfig]]:
-    """One predict setup per iteration, pointing at `model_checkpoint_<it>`. `check` sees
-    the planned (setup, config) pairs before anything is created and refuses by raising;
-    then nothing is created, and a failure while writing takes back every setup of the
-    call."""
+    """One predict setup per iteration, pointing at `model_checkpoint_<it>`. Its
+    `predict_number` (the `p<M>` of its collection) is the setup's number, as synister's
+    prepare_prediction.py numbers them, or with `number_by_iteration` the checkpoint
+    iteration, as synister's predict.py does. `check` sees the planned (setup, config)
+    pairs before anything is created and refuses by raising; then nothing is created, and
+    a failure while writing takes back every setup of the call."""
     train_config = train.train_config()
     if not isinstance(train_config, SynapseTrainConfig):
         raise ConnectoError(
@@ -61,7 +64,7 @@ def prepare_prediction(
             train_checkpoint=str(train.checkpoint(iteration)),
             experiment=train.experiment,
             train_number=train.train_id,
-            predict_number=setup.predict_id,
+            predict_number=iteration if number_by_iteration else setup.predict_id,
             split_part=split_part,  # type: ignore[arg-type]
             overwrite=overwrite,
         )
