@@ -1,4 +1,4 @@
-"""`connecto data ingest | synthesize-synapses`."""
+"""`connecto data ingest | sparsify | synthesize-synapses`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from connecto import ConnectoError
 from connecto.db.client import get_database
 
 data_app = typer.Typer(
@@ -67,6 +68,55 @@ def ingest_command(
             f"{out}/{r.name}: {r.dtype} {list(r.shape)}, voxel size {list(r.voxel_size)} nm, "
             f"offset {list(r.offset)} nm ({state})"
         )
+
+
+def _sections(text: str | None) -> list[int] | None:
+    """`--sections 3,17` as indices; a ConnectoError (one line) for anything else."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConnectoError(
+            f"--sections {text!r}: expected comma-separated section indices (z voxel "
+            "indices), e.g. 3,17"
+        ) from None
+
+
+@data_app.command("sparsify")
+def sparsify_command(
+    source: Path = typer.Argument(..., help="zarr/N5 container with the dense labels"),
+    out: Path = typer.Argument(..., help="zarr container for the sparse labels (may be SOURCE)"),
+    dataset: str = typer.Option(
+        "volumes/labels/neuron_ids",
+        "--dataset",
+        help="labels dataset, or SOURCE:DESTINATION to write under another name",
+    ),
+    disks: int | None = typer.Option(
+        None, "--disks", help="N random disks per section, centred on labelled voxels (disk_N)"
+    ),
+    radius: float | None = typer.Option(None, "--radius", help="disk radius in nm (--disks)"),
+    every: int | None = typer.Option(None, "--every", help="every K-th section (0, K, 2K, ...)"),
+    sections: str | None = typer.Option(
+        None, "--sections", help="comma-separated sections (z voxel indices), e.g. 3,17"
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="seed of the disks (default 0)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset"),
+) -> None:
+    """Simulated sparse labels from dense ground truth (0 = unlabelled; train them with
+    sparse_labels = true, score against the dense truth)."""
+    from connecto.data.sparsify import sparsify
+
+    name, _, destination = dataset.partition(":")
+    report = sparsify(
+        source, out, name, destination or None, disks=disks, radius_nm=radius, every=every,
+        sections=_sections(sections), seed=seed, overwrite=overwrite,
+    )  # fmt: skip
+    typer.echo(
+        f"{report.container}/{report.dataset}: {report.mode.describe()}: kept {report.kept} "
+        f"of {report.dense_labelled} labelled voxels ({report.fraction_of_truth:.2%} of the "
+        f"dense labels, {report.fraction_of_volume:.2%} of the volume)"
+    )
 
 
 @data_app.command("synthesize-synapses")

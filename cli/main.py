@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from cli import bootstrap as bootstrap_cli
 from cli import config as config_cli
 from cli import data as data_cli
 from cli import db as db_cli
@@ -40,6 +41,7 @@ for module in (
     predict_cli,
     evaluate_cli,
     segment_cli,
+    bootstrap_cli,
     submit_cli,
     jobs_cli,
 ):

@@ -164,8 +164,24 @@ def resolve_train_setup(
 # ---------------------------------------------------------------- templates
 
 
+def checkpoint_config(checkpoint: Path, model: type[BaseModel], task: str) -> Any:
+    """The train config of the setup `checkpoint` lies in, refused unless of `model`
+    (the task `task`): what a prediction from a checkpoint alone needs."""
+    if not checkpoint.is_file():
+        raise ConnectoError(f"checkpoint {checkpoint}: no such file")
+    setup = find_setup(checkpoint.parent)
+    if not isinstance(setup, TrainSetup):
+        raise ConnectoError(f"checkpoint {checkpoint} is not in a train setup")
+    config = setup.train_config()
+    if not isinstance(config, model):
+        raise ConnectoError(f"{setup.path}: task {config.task!r} is not {task}")
+    return config
+
+
 def template_names() -> list[str]:
-    return sorted(p.name for p in resource_dir("experiments").iterdir() if p.is_dir())
+    """Train setup templates (`experiments/bootstrap/` holds a chain config, not one)."""
+    root = resource_dir("experiments")
+    return sorted(p.name for p in root.iterdir() if (p / "train_config.toml").is_file())
 
 
 def _apply_overrides(train: dict[str, Any], worker: dict[str, Any], overrides: list[str]) -> None:
@@ -201,7 +217,7 @@ def prepare_training(
         raise ConnectoError(f"{setup.path} already exists; use --force to overwrite its configs")
     name = template or task or DEFAULT_TASK  # each task ships a template of its name
     template_dir = resource_dir("experiments") / name
-    if not template_dir.is_dir():
+    if not (template_dir / "train_config.toml").is_file():
         raise ConnectoError(f"no template {name!r}; available: {', '.join(template_names())}")
     train_values = read_toml(template_dir / "train_config.toml")
     worker_values = read_toml(template_dir / "worker_config.toml")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import zarr
 from funlib.geometry import Coordinate, Roi
-from funlib.persistence import Array, open_ds
+from funlib.persistence import Array, open_ds, prepare_ds
 
 from connecto import ConnectoError
 
@@ -128,6 +128,31 @@ def open_raw(container: str | Path, dataset: str, key: str = "raw_dataset") -> A
     check_whole_metadata(attrs, f"{container}/{dataset}")
     override = metadata_override(attrs, is_n5(container))
     return open_ds(store, mode="r", path=dataset, **override)
+
+
+def open_configured(container: str, dataset: str, keys: tuple[str, str], source: str) -> Array:
+    """`container/dataset` named by the config keys `keys` (container key, dataset key) of
+    `source`, or one message naming them."""
+    try:
+        return open_raw(container, dataset, keys[1])
+    except ConnectoError as error:
+        raise ConnectoError(f"{source}: key '{keys[0]}' = {container!r}: {error}") from None
+
+
+def prepare_channels(
+    path: Path, channels: int, roi: Roi, voxel_size: Coordinate, chunk: Sequence[int],
+    attrs: Mapping[str, Any], overwrite: bool = True,
+) -> Array:  # fmt: skip
+    """A uint8 (channels, z, y, x) prediction dataset over `roi` (chunks: all channels by
+    `chunk`), with `attrs` (e.g. the affinities' `neighborhood`); kept if it exists
+    unless `overwrite`."""
+    array = prepare_ds(
+        path, shape=(channels, *(roi.shape / voxel_size)), offset=roi.offset,
+        voxel_size=voxel_size, axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
+        chunk_shape=(channels, *chunk), dtype=np.uint8, mode="w" if overwrite else "a",
+    )  # fmt: skip
+    array._source_data.attrs.update(attrs)
+    return array
 
 
 def voxel_origin(voxel_size: Sequence[int], point_nm: Sequence[float]) -> Coordinate:

@@ -22,6 +22,7 @@ RUNS = "runs"
 PREDICTIONS = "predictions"
 JOBS = "jobs"
 SCORES = "scores"
+LINEAGE = "lineage"  # the steps of a bootstrapping chain, each with its parent
 
 
 def now() -> datetime:
@@ -58,6 +59,9 @@ def ensure_indexes(db: Database) -> None:
     db[PREDICTIONS].create_index("setup_dir", unique=True)
     db[JOBS].create_index([("scheduler", ASCENDING), ("job_id", ASCENDING)])
     db[SCORES].create_index([("kind", ASCENDING), ("key", ASCENDING)], unique=True)
+    db[LINEAGE].create_index(
+        [("base", ASCENDING), ("experiment", ASCENDING), ("step", ASCENDING)], unique=True
+    )
     _indexed.add(key)
 
 
@@ -169,3 +173,37 @@ def register_train_setup(
             "git_commit": git_commit(),
         },
     )
+
+
+def record_lineage(
+    db: Database, base: str, experiment: str, step: str, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Create or update one step of an experiment's bootstrapping chain (`parent`: the
+    step it was made from; `outputs`, `stats`, `state`)."""
+    ensure_indexes(db)
+    register_experiment(db, base, experiment)
+    return db[LINEAGE].find_one_and_update(
+        {"base": base, "experiment": experiment, "step": step},
+        {
+            "$setOnInsert": {"created": now()},
+            "$set": {**fields, "updated": now(), "host": socket.gethostname(),
+                     "git_commit": git_commit()},
+        },
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )  # fmt: skip
+
+
+def list_lineage(db: Database, base: str, experiment: str) -> list[dict[str, Any]]:
+    """The chain's steps, each after its parent (steps without a known parent first)."""
+    steps = {d["step"]: d for d in db[LINEAGE].find({"base": base, "experiment": experiment})}
+    ordered: list[dict[str, Any]] = []
+
+    def add(step: str) -> None:
+        ordered.append(steps[step])
+        for child in sorted(s for s, d in steps.items() if d.get("parent") == step):
+            add(child)
+
+    for root in sorted(s for s, d in steps.items() if d.get("parent") not in steps):
+        add(root)
+    return ordered

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 TASKS: dict[str, str] = {
     "synapse-classification": "synapse_classification",
     "segmentation": "segmentation",
+    "segmentation-2d": "segmentation_2d",
+    "affinities-from-2d": "affinities_from_2d",
 }
 DEFAULT_TASK = "synapse-classification"  # synister's train configs name no task
 

@@ -11,7 +11,6 @@ from typing import Annotated, Literal
 from funlib.geometry import Roi
 from pydantic import Field, model_validator
 
-from connecto import ConnectoError
 from connecto.config import ConfigModel, PositiveInt, Shape3, TrainingSettings, load_config
 from connecto.postprocess.agglomerate import MERGE_FUNCTIONS
 
@@ -37,6 +36,16 @@ class SegmentationTrainConfig(TrainingSettings):
         default=None, description="zarr/N5 with the unlabelled mask; None: labels_container"
     )
     unlabelled_dataset: str | None = None
+    sparse_labels: bool = Field(
+        default=False,
+        description="0 in the labels is unlabelled, not background: train only where "
+        "labels > 0 (affinities only between two labelled voxels); excludes unlabelled_dataset",
+    )
+    min_labelled_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0,
+        description="reject and resample batches whose output region has a smaller labelled "
+        "fraction (needs sparse_labels or unlabelled_dataset); 0: keep every batch",
+    )
     voxel_size: Shape3 = (10, 10, 10)
     train_roi: list[list[int]] | None = Field(
         default=None, description="[[z, y, x] offset nm, [z, y, x] shape nm]"
@@ -59,17 +68,9 @@ class SegmentationTrainConfig(TrainingSettings):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> SegmentationTrainConfig:
-        from connecto.tasks.segmentation.model import output_shape
+        from connecto.tasks.segmentation.model import check_output_shape
 
-        try:
-            computed = output_shape(self.input_shape, self.downsample_factors)
-        except ConnectoError as error:
-            raise ValueError(str(error)) from None
-        if self.output_shape is not None and tuple(self.output_shape) != computed:
-            raise ValueError(
-                f"output_shape {tuple(self.output_shape)} differs from the network's "
-                f"{computed} for input_shape {tuple(self.input_shape)}"
-            )
+        check_output_shape(self.input_shape, self.downsample_factors, self.output_shape)
         rois = {k: getattr(self, k) for k in ("train_roi", "validation_roi", "test_roi")}
         given = {k: v for k, v in rois.items() if v is not None}
         for key, value in given.items():
@@ -83,6 +84,26 @@ class SegmentationTrainConfig(TrainingSettings):
                        zip(a0, ashape, b0, bshape, strict=True)):  # fmt: skip
                     raise ValueError(f"{first} and {second} overlap: they must be disjoint")
         return self
+
+    @model_validator(mode="after")
+    def _check_sparse(self) -> SegmentationTrainConfig:
+        # two masks would need a rule for combining them; one source of truth is clearer
+        if self.sparse_labels and self.unlabelled_dataset:
+            raise ValueError(
+                "sparse_labels = true derives the unlabelled mask from labels > 0; "
+                f"unset unlabelled_dataset ({self.unlabelled_dataset!r}) or sparse_labels"
+            )
+        if self.min_labelled_fraction > 0 and not self.has_mask:
+            raise ValueError(
+                f"min_labelled_fraction = {self.min_labelled_fraction:g} needs a mask: set "
+                "sparse_labels = true (0 in the labels is unlabelled) or unlabelled_dataset"
+            )
+        return self
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether training masks unlabelled voxels (derived or read)."""
+        return self.sparse_labels or self.unlabelled_dataset is not None
 
     @property
     def labels_source(self) -> str:

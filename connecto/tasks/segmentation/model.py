@@ -41,10 +41,37 @@ def output_shape(input_shape: Sequence[int], downsample_factors: Sequence[Sequen
     return tuple(shape)
 
 
-def _conv_pass(in_channels: int, out_channels: int) -> nn.Sequential:
+# per number of spatial dimensions: convolution, pooling, transposed convolution
+LAYERS = {
+    2: (nn.Conv2d, nn.MaxPool2d, nn.ConvTranspose2d),
+    3: (nn.Conv3d, nn.MaxPool3d, nn.ConvTranspose3d),
+}
+
+
+def check_output_shape(
+    input_shape: Sequence[int],
+    downsample_factors: Sequence[Sequence[int]],
+    given: Sequence[int] | None,
+) -> tuple:
+    """`output_shape` for a config validator: ValueError (pydantic's) when the input does
+    not fit the U-Net or a `given` output_shape differs from the network's."""
+    try:
+        computed = output_shape(input_shape, downsample_factors)
+    except ConnectoError as error:
+        raise ValueError(str(error)) from None
+    if given is not None and tuple(given) != computed:
+        raise ValueError(
+            f"output_shape {list(given)} differs from the network's {list(computed)} for "
+            f"input_shape {list(input_shape)}"
+        )
+    return computed
+
+
+def _conv_pass(in_channels: int, out_channels: int, dims: int = 3) -> nn.Sequential:
+    conv = LAYERS[dims][0]
     layers: list[nn.Module] = []
     for i in range(CONVS_PER_LEVEL):
-        layers += [nn.Conv3d(in_channels if i == 0 else out_channels, out_channels, KERNEL),
+        layers += [conv(in_channels if i == 0 else out_channels, out_channels, KERNEL),
                    nn.ReLU(inplace=True)]  # fmt: skip
     return nn.Sequential(*layers)
 
@@ -56,25 +83,30 @@ def _center_crop(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 class UNet(nn.Module):
+    """(b, in_channels, *spatial) -> (b, num_fmaps, *smaller), `dims` spatial dimensions
+    (3, or 2 for sections)."""
+
     def __init__(
         self, in_channels: int, num_fmaps: int, fmap_inc_factor: int,
-        downsample_factors: Sequence[Sequence[int]],
+        downsample_factors: Sequence[Sequence[int]], dims: int = 3,
     ) -> None:  # fmt: skip
         super().__init__()
+        _, pool, transposed = LAYERS[dims]
         levels = len(downsample_factors)
         fmaps = [num_fmaps * fmap_inc_factor**level for level in range(levels + 1)]
         self.down = nn.ModuleList(
-            _conv_pass(in_channels if level == 0 else fmaps[level - 1], fmaps[level])
+            _conv_pass(in_channels if level == 0 else fmaps[level - 1], fmaps[level], dims)
             for level in range(levels)
         )
-        self.pool = nn.ModuleList(nn.MaxPool3d(tuple(f)) for f in downsample_factors)
-        self.bottom = _conv_pass(fmaps[levels - 1] if levels else in_channels, fmaps[levels])
+        self.pool = nn.ModuleList(pool(tuple(f)) for f in downsample_factors)
+        self.bottom = _conv_pass(fmaps[levels - 1] if levels else in_channels, fmaps[levels], dims)
         self.up = nn.ModuleList(
-            nn.ConvTranspose3d(fmaps[level + 1], fmaps[level + 1], tuple(f), stride=tuple(f))
+            transposed(fmaps[level + 1], fmaps[level + 1], tuple(f), stride=tuple(f))
             for level, f in enumerate(downsample_factors)
         )
         self.up_conv = nn.ModuleList(
-            _conv_pass(fmaps[level] + fmaps[level + 1], fmaps[level]) for level in range(levels)
+            _conv_pass(fmaps[level] + fmaps[level + 1], fmaps[level], dims)
+            for level in range(levels)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

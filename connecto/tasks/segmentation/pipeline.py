@@ -2,7 +2,10 @@
 2023) in gunpowder: random locations inside the train ROI, optional augmentation,
 boundaries grown between labels, LSDs (`lsd.train.gp.AddLocalShapeDescriptor`),
 affinities of the configured neighbourhood with class-balancing weights, and an optional
-`unlabelled` mask so sparse labels train only where labelled.
+`unlabelled` mask (1: labelled) so sparse labels train only where labelled: read from
+`unlabelled_dataset`, or with `sparse_labels` derived from labels > 0 (`LabelledMask`).
+With `min_labelled_fraction`, gunpowder's `Reject` resamples batches whose output region
+is less labelled than that.
 
 Raw is normalised as everywhere else (`connecto.data.volumes`): [0, 1] for the
 augmentations, then [-1, 1].
@@ -13,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import gunpowder as gp
 import numpy as np
@@ -23,7 +27,7 @@ from lsd.train.gp import AddLocalShapeDescriptor
 
 from connecto import ConnectoError
 from connecto.config import WorkerConfig
-from connecto.data.volumes import RAW_SCALE, RAW_SHIFT, open_raw, raw_scale
+from connecto.data.volumes import RAW_SCALE, RAW_SHIFT, open_configured, raw_scale
 from connecto.tasks.parts import TaskParts
 from connecto.tasks.segmentation.config import SegmentationTrainConfig
 from connecto.tasks.segmentation.model import MtlsdLoss, build_mtlsd
@@ -41,15 +45,7 @@ PRED_AFFS = gp.ArrayKey("PRED_AFFS")
 CACHE_SIZE_PER_WORKER = 4
 
 
-def _open(container: str, dataset: str, keys: tuple[str, str], source: str) -> Array:
-    """`container/dataset`, or a message naming the config keys that gave them."""
-    try:
-        return open_raw(container, dataset, keys[1])
-    except ConnectoError as error:
-        raise ConnectoError(f"{source}: key '{keys[0]}' = {container!r}: {error}") from None
-
-
-def _roi(
+def checked_roi(
     value: list[list[int]] | None, key: str, volumes: dict[str, Array], source: str
 ) -> Roi | None:
     """`value` as a Roi, checked to lie on the voxel grid and inside every volume."""
@@ -102,6 +98,35 @@ def _check_shapes(
             )
 
 
+class LabelledMask(gp.BatchFilter):
+    """`mask` = 1 where `labels` > 0: sparse labels, where 0 means "not labelled" rather
+    than background, as the `unlabelled` mask gunpowder's target nodes read."""
+
+    def __init__(self, labels: gp.ArrayKey, mask: gp.ArrayKey) -> None:
+        self.labels = labels
+        self.mask = mask
+
+    def setup(self) -> None:
+        spec = self.spec[self.labels].copy()
+        spec.dtype = np.uint8
+        spec.interpolatable = False
+        self.provides(self.mask, spec)
+        self.enable_autoskip()
+
+    def prepare(self, request: gp.BatchRequest) -> gp.BatchRequest:
+        deps = gp.BatchRequest()
+        deps[self.labels] = gp.ArraySpec(roi=request[self.mask].roi)
+        return deps
+
+    def process(self, batch: gp.Batch, request: gp.BatchRequest) -> gp.Batch:
+        labels = batch[self.labels]
+        spec = self.spec[self.mask].copy()
+        spec.roi = labels.spec.roi
+        outputs = gp.Batch()
+        outputs[self.mask] = gp.Array((labels.data > 0).astype(np.uint8), spec)
+        return outputs
+
+
 def augmentations(config: SegmentationTrainConfig) -> gp.BatchFilter:
     """Elastic deformation, mirrors/transposes and intensity changes; in-plane only
     where the downsampling keeps z (anisotropic data)."""
@@ -123,15 +148,24 @@ def data_pipeline(
     config: SegmentationTrainConfig, raw: Array, labels: Array, unlabelled: Array | None,
     train_roi: Roi, cache_workers: int = 0,
 ) -> gp.Pipeline:  # fmt: skip
-    """Batches of RAW, GT_LSDS, LSDS_WEIGHTS, GT_AFFS, AFFS_WEIGHTS."""
+    """Batches of RAW, GT_LSDS, LSDS_WEIGHTS, GT_AFFS, AFFS_WEIGHTS (and UNLABELLED with a
+    mask: `unlabelled`, or `config.sparse_labels`)."""
+    if unlabelled is not None and config.sparse_labels:
+        raise ConnectoError("sparse_labels derives the unlabelled mask: pass no unlabelled array")
     voxel_size = gp.Coordinate(config.voxel_size)
     # labels are zero-padded by what the LSD gaussian (3 sigma) and the affinity offsets
     # read beyond the network's context, so outputs reach the train ROI's border
     reach = max(abs(o) for offset in config.neighborhood for o in offset)
-    lsd_reach = math.ceil(3 * config.lsd_sigma / min(voxel_size)) if config.lsds else 0
+    # per axis: on anisotropic data (40 x 4 x 4 nm) the gaussian spans 10 times fewer
+    # sections than pixels; the smallest voxel for every axis padded a thin stack so far
+    # that crops landed wholly outside the raw
+    lsd_reach = gp.Coordinate(
+        math.ceil(3 * config.lsd_sigma / v) if config.lsds else 0 for v in voxel_size
+    )
     context = (
         (gp.Coordinate(config.input_shape) - gp.Coordinate(config.network_output_shape)) / 2
-        + gp.Coordinate((reach + lsd_reach,) * 3)
+        + gp.Coordinate((reach,) * 3)
+        + lsd_reach
     ) * voxel_size
     sources = [
         gp.ArraySource(RAW, raw, interpolatable=True)
@@ -150,7 +184,12 @@ def data_pipeline(
     pipeline = tuple(sources) + gp.MergeProvider() + gp.RandomLocation()
     if config.augment:
         pipeline += augmentations(config)
-    mask = UNLABELLED if unlabelled is not None else None
+    if config.sparse_labels:
+        # after the augmentations, so the mask is exactly the labels the targets see, and
+        # before GrowBoundary: the boundary it grows between two labels is labelled (0 there
+        # is background, which trains)
+        pipeline += LabelledMask(LABELS, UNLABELLED)
+    mask = UNLABELLED if unlabelled is not None or config.sparse_labels else None
     anisotropic = all(f[0] == 1 for f in config.downsample_factors)
     if config.grow_boundary:
         pipeline += gp.GrowBoundary(LABELS, mask=mask, steps=config.grow_boundary,
@@ -160,11 +199,19 @@ def data_pipeline(
             LABELS, GT_LSDS, lsds_mask=LSDS_WEIGHTS, unlabelled=mask, sigma=config.lsd_sigma,
             downsample=2,
         )  # fmt: skip
+    # gunpowder's `unlabelled` keeps a pair from a labelled to an unlabelled voxel as
+    # "boundary" (right for an explicit mask over dense labels); with sparse labels the
+    # unlabelled end says nothing, so the mask as `labels_mask` keeps only pairs with both
+    # ends labelled
     pipeline += gp.AddAffinities(
         config.neighborhood, LABELS, GT_AFFS, unlabelled=mask, affinities_mask=GT_AFFS_MASK,
-        dtype=np.float32,
+        labels_mask=UNLABELLED if config.sparse_labels else None, dtype=np.float32,
     )  # fmt: skip
     pipeline += gp.BalanceLabels(GT_AFFS, AFFS_WEIGHTS, mask=GT_AFFS_MASK)
+    if config.min_labelled_fraction > 0:
+        # after the targets, where UNLABELLED is cropped to the requested output region;
+        # gunpowder's test is strict (">"), so what passes has at least the fraction
+        pipeline += gp.Reject(mask=UNLABELLED, min_masked=config.min_labelled_fraction)
     pipeline += gp.IntensityScaleShift(RAW, RAW_SCALE, RAW_SHIFT)
     pipeline += gp.Stack(config.batch_size)
     if cache_workers > 0:
@@ -183,7 +230,7 @@ def batch_request(config: SegmentationTrainConfig, with_unlabelled: bool) -> gp.
     request[RAW] = gp.ArraySpec(roi=gp.Roi((0, 0, 0), input_size))
     keys = [LABELS, GT_AFFS, AFFS_WEIGHTS, GT_AFFS_MASK, PRED_AFFS]
     keys += [GT_LSDS, LSDS_WEIGHTS, PRED_LSDS] if config.lsds else []
-    keys += [UNLABELLED] if with_unlabelled else []
+    keys += [UNLABELLED] if with_unlabelled or config.sparse_labels else []
     for key in keys:
         request[key] = gp.ArraySpec(roi=gp.Roi(offset, output_size))
     return request
@@ -209,20 +256,26 @@ class SegmentationSnapshot:
         return out
 
 
-def task_parts(config: SegmentationTrainConfig, worker: WorkerConfig, source: str) -> TaskParts:
-    """Everything the training driver needs for MTLSD; every check runs here first."""
-    raw = _open(config.raw_container, config.raw_dataset, ("raw_container", "raw_dataset"),
-                source)  # fmt: skip
+def open_volumes(config: Any, source: str) -> tuple[Array, Array]:
+    """Raw and labels of a train config with `raw_container`, `raw_dataset`,
+    `labels_container` (None: raw's) and `labels_dataset`; errors name the keys."""
+    raw_keys = ("raw_container", "raw_dataset")
+    raw = open_configured(config.raw_container, config.raw_dataset, raw_keys, source)
     label_keys = ("labels_container" if config.labels_container else "raw_container",
                   "labels_dataset")  # fmt: skip
-    labels = _open(config.labels_source, config.labels_dataset, label_keys, source)
+    return raw, open_configured(config.labels_source, config.labels_dataset, label_keys, source)
+
+
+def task_parts(config: SegmentationTrainConfig, worker: WorkerConfig, source: str) -> TaskParts:
+    """Everything the training driver needs for MTLSD; every check runs here first."""
+    raw, labels = open_volumes(config, source)
     unlabelled = None
     if config.unlabelled_dataset:
         container_key = next(
             k for k in ("unlabelled_container", "labels_container", "raw_container")
             if getattr(config, k)
         )  # fmt: skip
-        unlabelled = _open(config.unlabelled_source, config.unlabelled_dataset,
+        unlabelled = open_configured(config.unlabelled_source, config.unlabelled_dataset,
                            (container_key, "unlabelled_dataset"), source)  # fmt: skip
     volumes = {"raw": raw, "labels": labels}
     if unlabelled is not None:
@@ -234,8 +287,8 @@ def task_parts(config: SegmentationTrainConfig, worker: WorkerConfig, source: st
                 f"voxel size {list(volume.voxel_size)} of the {name} dataset"
             )
     for key in ("validation_roi", "test_roi"):
-        _roi(getattr(config, key), key, {"raw": raw, "labels": labels}, source)
-    train_roi = _roi(config.train_roi, "train_roi", volumes, source) or labels.roi
+        checked_roi(getattr(config, key), key, {"raw": raw, "labels": labels}, source)
+    train_roi = checked_roi(config.train_roi, "train_roi", volumes, source) or labels.roi
     _check_shapes(config, raw, train_roi, source)
     model = build_mtlsd(config)
     pipeline = data_pipeline(config, raw, labels, unlabelled, train_roi, worker.num_cache_workers)
@@ -249,6 +302,8 @@ def task_parts(config: SegmentationTrainConfig, worker: WorkerConfig, source: st
         outputs[0] = PRED_LSDS
         loss_inputs.update(lsds=PRED_LSDS, gt_lsds=GT_LSDS, lsds_weights=LSDS_WEIGHTS)
         snapshot_keys += [("gt_lsds", GT_LSDS), ("pred_lsds", PRED_LSDS)]
+    if UNLABELLED in request:
+        snapshot_keys.append(("unlabelled", UNLABELLED))
     return TaskParts(
         model=model,
         loss=MtlsdLoss(),

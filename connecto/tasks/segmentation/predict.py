@@ -16,12 +16,12 @@ import daisy
 import numpy as np
 import torch
 from funlib.geometry import Coordinate, Roi
-from funlib.persistence import open_ds, prepare_ds
+from funlib.persistence import open_ds
 
 from connecto import ConnectoError
 from connecto.checkpoints import default_device
-from connecto.data.volumes import normalize_raw, open_raw
-from connecto.experiment import TrainSetup, find_setup
+from connecto.data.volumes import normalize_raw, open_raw, prepare_channels
+from connecto.experiment import checkpoint_config
 from connecto.postprocess.blockwise import MongoBlockBookkeeping
 from connecto.processes import worker_dies_with_parent
 from connecto.tasks.segmentation.config import SegmentationTrainConfig, SegmentConfig
@@ -41,14 +41,7 @@ def load_mtlsd(train: SegmentationTrainConfig, checkpoint: Path, device: str) ->
 
 
 def train_config_of(checkpoint: Path) -> SegmentationTrainConfig:
-    if not checkpoint.is_file():
-        raise ConnectoError(f"checkpoint {checkpoint}: no such file")
-    setup = find_setup(checkpoint.parent)
-    if not isinstance(setup, TrainSetup):
-        raise ConnectoError(f"checkpoint {checkpoint} is not in a train setup")
-    config = setup.train_config()
-    if not isinstance(config, SegmentationTrainConfig):
-        raise ConnectoError(f"{setup.path}: task {config.task!r} is not segmentation")
+    config = checkpoint_config(checkpoint, SegmentationTrainConfig, "segmentation")
     load_mtlsd(config, checkpoint, "cpu")  # a bad checkpoint: one error here, not per block
     return config
 
@@ -101,16 +94,6 @@ class _PredictBookkeeping(MongoBlockBookkeeping):
         self.task_name = task_name
 
 
-def _prepare(path: Path, channels: int, roi: Roi, voxel_size: Coordinate, chunk: Coordinate,
-             attrs: dict, overwrite: bool) -> None:  # fmt: skip
-    array = prepare_ds(
-        path, shape=(channels, *(roi.shape / voxel_size)), offset=roi.offset,
-        voxel_size=voxel_size, axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
-        chunk_shape=(channels, *chunk), dtype=np.uint8, mode="w" if overwrite else "a",
-    )  # fmt: skip
-    array._source_data.attrs.update(attrs)
-
-
 def predict_blockwise(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
     assert config.checkpoint is not None
     checkpoint = Path(config.checkpoint)
@@ -131,10 +114,12 @@ def predict_blockwise(config: SegmentConfig, base: Path, overwrite: bool = False
     affs_path = dataset_path(config, config.affs_dataset)
     lsds_path = dataset_path(config, config.lsds_dataset) if train.lsds else None
     neighborhood = {"neighborhood": [list(o) for o in config.neighborhood]}
-    _prepare(affs_path, len(config.neighborhood), roi, voxel_size, out_shape, neighborhood,
-             overwrite)  # fmt: skip
+    channels = len(config.neighborhood)
+    prepare_channels(affs_path, channels, roi, voxel_size, out_shape, neighborhood, overwrite)
     if lsds_path is not None:
-        _prepare(lsds_path, LSD_CHANNELS, roi, voxel_size, out_shape, {"lsds": True}, overwrite)
+        prepare_channels(
+            lsds_path, LSD_CHANNELS, roi, voxel_size, out_shape, {"lsds": True}, overwrite
+        )
 
     graph_db = graph_config(config)
     graph_db.init()

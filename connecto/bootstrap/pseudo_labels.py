@@ -1,0 +1,165 @@
+"""Pseudo ground truth from a segmentation: keep the segments a next round can trust.
+
+A bootstrapping round trains a 3D model on the previous round's segmentation. Merged or
+broken segments would teach the errors back, so segments are dropped by size (dust below
+`min_size`, giant merges above `max_size`), by a two-sided outlier cut on sizes, and by
+how many sections they span (fragments in one or two sections are rarely whole neurites).
+Dropped segments become 0 = unlabelled, so training (`sparse_labels`) ignores them rather
+than learning them as background.
+
+The volume is read in slabs of sections, twice (statistics, then the filtered copy), so
+it never has to fit in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fastremap
+import numpy as np
+import zarr
+from funlib.geometry import Coordinate, Roi
+from funlib.persistence import Array, open_ds, prepare_ds
+from pydantic import BaseModel, Field
+
+from connecto import ConnectoError
+
+SLAB_SECTIONS = 8
+
+
+class SegmentFilter(BaseModel):
+    """Which segments become pseudo ground truth (sizes in voxels)."""
+
+    min_size: int = Field(default=0, ge=0, description="smaller segments are dropped (dust)")
+    max_size: int | None = Field(default=None, ge=1, description="larger ones are dropped")
+    outlier_std: float | None = Field(
+        default=3.0, gt=0, description="drop sizes beyond mean +- this many std (of >= min_size)"
+    )
+    min_sections: int = Field(default=1, ge=1, description="sections a segment must span")
+
+
+@dataclass
+class FilterReport:
+    """What was kept: segments and labelled voxels, and why the rest was dropped."""
+
+    segments: int
+    kept_segments: int
+    voxels: int  # labelled (non-zero) voxels of the input
+    kept_voxels: int
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> segments
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.kept_voxels / self.voxels if self.voxels else 0.0
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.dropped.items() if n)
+        return (
+            f"kept {self.kept_segments} of {self.segments} segments, "
+            f"{self.kept_fraction:.1%} of the labelled voxels"
+            + (f" (dropped: {reasons})" if reasons else "")
+        )
+
+
+def _slabs(array: Array, roi: Roi) -> Iterator[Roi]:
+    """`roi` in slabs of SLAB_SECTIONS sections."""
+    voxel_size = Coordinate(array.voxel_size)
+    step = SLAB_SECTIONS * voxel_size[0]
+    for z in range(roi.begin[0], roi.end[0], step):
+        depth = min(step, roi.end[0] - z)
+        yield Roi((z, *roi.begin[1:]), (depth, *roi.shape[1:]))
+
+
+def segment_statistics(array: Array, roi: Roi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-zero ids with their voxel counts and the number of sections each spans."""
+    sizes: dict[int, int] = {}
+    sections: dict[int, int] = {}
+    for slab in _slabs(array, roi):
+        data = array.to_ndarray(slab)
+        ids, counts = fastremap.unique(data, return_counts=True)
+        for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
+            sizes[i] = sizes.get(i, 0) + c
+        for section in data:
+            for i in fastremap.unique(section).tolist():
+                sections[i] = sections.get(i, 0) + 1
+    sizes.pop(0, None)
+    ids = np.array(sorted(sizes), dtype=np.uint64)
+    return (
+        ids,
+        np.array([sizes[i] for i in ids.tolist()], dtype=np.int64),
+        np.array([sections[i] for i in ids.tolist()], dtype=np.int64),
+    )
+
+
+def dropped_segments(
+    ids: np.ndarray, sizes: np.ndarray, spans: np.ndarray, rule: SegmentFilter
+) -> tuple[np.ndarray, dict[str, int]]:
+    """The ids to drop and, per reason, how many (a segment counts under its first reason)."""
+    reasons = {
+        "too small": sizes < rule.min_size,
+        "too large": sizes > rule.max_size if rule.max_size else np.zeros(len(ids), bool),
+        "too few sections": spans < rule.min_sections,
+    }
+    statistic = sizes[sizes >= rule.min_size]
+    outliers = np.zeros(len(ids), bool)
+    if rule.outlier_std is not None and len(statistic) > 1:
+        mean, std = statistic.mean(), statistic.std()
+        outliers = np.abs(sizes - mean) > rule.outlier_std * std
+    reasons["size outlier"] = outliers
+    dropped = np.zeros(len(ids), bool)
+    counts = {}
+    for reason, hit in reasons.items():
+        counts[reason] = int((hit & ~dropped).sum())
+        dropped |= hit
+    return ids[dropped], counts
+
+
+def make_pseudo_labels(
+    segmentation: tuple[str | Path, str],
+    output: tuple[str | Path, str],
+    rule: SegmentFilter,
+    roi: Roi | None = None,
+) -> FilterReport:
+    """Write the kept segments of `segmentation` (container, dataset) to `output`, dropped
+    ones as 0; returns what was kept."""
+    try:
+        source = open_ds(Path(segmentation[0]) / segmentation[1], mode="r")
+    except Exception as error:  # funlib raises several kinds for a missing dataset
+        raise ConnectoError(f"{segmentation[0]}/{segmentation[1]}: cannot open ({error})") from None
+    if not np.issubdtype(source.dtype, np.integer):
+        raise ConnectoError(
+            f"{segmentation[0]}/{segmentation[1]}: dtype {source.dtype} is not a label type"
+        )
+    roi = source.roi if roi is None else roi.intersect(source.roi)
+    ids, sizes, spans = segment_statistics(source, roi)
+    drop, reasons = dropped_segments(ids, sizes, spans, rule)
+    voxel_size = Coordinate(source.voxel_size)
+    zarr.open_group(str(output[0]), mode="a")  # a container others open as one
+    target = prepare_ds(
+        Path(output[0]) / output[1], shape=roi.shape / voxel_size, offset=roi.offset,
+        voxel_size=voxel_size, axis_names=["z", "y", "x"], units=["nm"] * 3,
+        dtype=source.dtype, mode="w",
+    )  # fmt: skip
+    dropped = drop.astype(source.dtype)
+    for slab in _slabs(source, roi):
+        data = source.to_ndarray(slab)
+        if len(dropped):
+            fastremap.mask(data, dropped, in_place=True)  # dropped ids -> 0
+        target[slab] = data
+    dropped_voxels = int(sizes[np.isin(ids, drop)].sum())
+    report = FilterReport(
+        segments=len(ids),
+        kept_segments=len(ids) - len(drop),
+        voxels=int(sizes.sum()),
+        kept_voxels=int(sizes.sum()) - dropped_voxels,
+        dropped=reasons,
+    )
+    target._source_data.attrs["pseudo_labels"] = {
+        "source": f"{segmentation[0]}/{segmentation[1]}",
+        "filter": rule.model_dump(),
+        "kept_segments": report.kept_segments,
+        "kept_fraction": report.kept_fraction,
+    }
+    return report
