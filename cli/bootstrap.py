@@ -46,6 +46,37 @@ def lineage_command(config: Path = CONFIG) -> None:
                    + (f" ({figures})" if figures else ""))  # fmt: skip
 
 
+@app.command("predict-2d")
+def predict_2d_command(
+    checkpoint: Path = typer.Argument(..., help="model_checkpoint_<N> of a segmentation-2d setup"),
+    raw: Path = typer.Argument(..., help="zarr container with raw"),
+    out: Path = typer.Argument(..., help="zarr container for affs_2d and lsds_2d"),
+    raw_dataset: str = typer.Option("raw", "--raw-dataset", help="raw's dataset"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing predictions"),
+) -> None:
+    """Predict every section with a 2D model into a stack (uint8, C x z x y x)."""
+    from connecto.tasks.segmentation_2d.predict import predict_with_checkpoint
+
+    result = predict_with_checkpoint(checkpoint, raw, raw_dataset, out, overwrite)
+    typer.echo(f"{result.affs}: {result.sections} sections" +
+               (f"; {result.lsds}" if result.lsds else ""))  # fmt: skip
+
+
+@app.command("predict-3d")
+def predict_3d_command(
+    checkpoint: Path = typer.Argument(
+        ..., help="model_checkpoint_<N> of an affinities-from-2d setup"
+    ),
+    stack: Path = typer.Argument(..., help="zarr container with affs_2d (and lsds_2d)"),
+    out: Path = typer.Argument(..., help="zarr container for the 3D affinities (`affs`)"),
+) -> None:
+    """3D affinities from a stack of 2D predictions, for `connecto segment`."""
+    from connecto.tasks.affinities_from_2d.predict import predict_with_checkpoint
+
+    result = predict_with_checkpoint(checkpoint, stack, out)
+    typer.echo(f"{result.path}: {result.tiles} tiles over {result.roi}")
+
+
 @app.command("pseudo-labels")
 def pseudo_labels_command(
     segmentation: Path = typer.Argument(..., help="zarr container of the segmentation"),

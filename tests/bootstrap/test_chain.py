@@ -134,3 +134,19 @@ def test_the_chain_runs_records_its_lineage_and_resumes(
     bad = connecto("bootstrap", "run", chain_config, "--from", "nope")
     assert bad.returncode == 1 and "--from 'nope': not a step" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+    # the chain's two predictions, as commands of their own, give the same arrays
+    stack = Path(lineage["predict-2d"]["outputs"]["stack"])
+    out = chain_config.parent / "again.zarr"
+    checkpoint_2d = lineage["train-2d"]["stats"]["checkpoint"]
+    made = connecto("bootstrap", "predict-2d", checkpoint_2d, config.raw_container, out)
+    assert made.returncode == 0, made.stderr
+    for name in ("affs_2d", "lsds_2d"):
+        mine, chains = open_ds(out / name), open_ds(stack / name)
+        np.testing.assert_array_equal(mine.to_ndarray(mine.roi), chains.to_ndarray(chains.roi))
+    checkpoint_3d = lineage["train-3d"]["stats"]["checkpoint"]
+    made = connecto("bootstrap", "predict-3d", checkpoint_3d, stack, out)
+    assert made.returncode == 0, made.stderr
+    chains = open_ds(Path(lineage["predict-3d"]["outputs"]["affs"]))
+    mine = open_ds(out / "affs")
+    np.testing.assert_array_equal(mine.to_ndarray(mine.roi), chains.to_ndarray(chains.roi))

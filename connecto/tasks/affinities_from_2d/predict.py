@@ -114,3 +114,14 @@ def predict_affinities(
         inside = (tile - full.offset) / voxel_size
         out[tile] = (affs[(slice(None), *inside.to_slices())] * 255).round().astype(np.uint8)
     return AffinitiesPrediction(path, roi, len(tiles))
+
+
+def predict_with_checkpoint(
+    checkpoint: Path, stack_container: Path, out_container: Path
+) -> AffinitiesPrediction:  # fmt: skip
+    """`connecto bootstrap predict-3d`: 3D affinities of a whole stack with the model of
+    `checkpoint` (its setup's train config)."""
+    from connecto.experiment import checkpoint_config
+
+    config = checkpoint_config(checkpoint, AffinitiesFrom2dTrainConfig, "affinities-from-2d")
+    return predict_affinities(checkpoint, config, stack_container, out_container, progress=True)

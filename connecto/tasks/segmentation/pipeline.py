@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gunpowder as gp
 import numpy as np
 import torch
-from funlib.geometry import Roi
+from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 from lsd.train.gp import AddLocalShapeDescriptor
 
@@ -43,6 +44,16 @@ AFFS_WEIGHTS = gp.ArrayKey("AFFS_WEIGHTS")
 PRED_LSDS = gp.ArrayKey("PRED_LSDS")
 PRED_AFFS = gp.ArrayKey("PRED_AFFS")
 CACHE_SIZE_PER_WORKER = 4
+
+
+def output_reach(input_shape: Sequence[int], output: Sequence[int]) -> Coordinate:
+    """How far (voxels) an output may stick out of the labels: the network's context, but
+    less than the output itself, so that part of it always lies on them. Padding the
+    labels further (possible when the output is thinner than the context, e.g. 4 sections
+    of anisotropic data) lets a random location fall wholly in the padding, where
+    gunpowder's Pad fails."""
+    context = [(i - o) // 2 for i, o in zip(input_shape, output, strict=True)]
+    return Coordinate(min(c, o - 1) for c, o in zip(context, output, strict=True))
 
 
 def checked_roi(
@@ -163,7 +174,7 @@ def data_pipeline(
         math.ceil(3 * config.lsd_sigma / v) if config.lsds else 0 for v in voxel_size
     )
     context = (
-        (gp.Coordinate(config.input_shape) - gp.Coordinate(config.network_output_shape)) / 2
+        output_reach(config.input_shape, config.network_output_shape)
         + gp.Coordinate((reach,) * 3)
         + lsd_reach
     ) * voxel_size

@@ -41,6 +41,7 @@ from connecto.tasks.segmentation.pipeline import (
     SegmentationSnapshot,
     checked_roi,
     open_volumes,
+    output_reach,
 )
 from connecto.tasks.segmentation_2d.config import Segmentation2dTrainConfig
 from connecto.tasks.segmentation_2d.model import MaskedMseLoss, build_model
@@ -148,7 +149,7 @@ def _labels_context(config: Segmentation2dTrainConfig, voxel_size: Coordinate) -
     """How far in y, x beyond the output the labels are read (network context, longest
     affinity offset, LSD gaussian): the labels are padded by this (padding is unlabelled),
     so outputs reach the train region's border."""
-    network = (Coordinate(config.input_shape) - Coordinate(config.network_output_shape)) // 2
+    network = output_reach(config.input_shape, config.network_output_shape)
     reach = max(max(abs(o[1]), abs(o[2])) for o in config.neighborhood)
     lsd = [math.ceil(3 * config.lsd_sigma / v) if config.lsds else 0 for v in voxel_size[1:]]
     grow = [n + reach + r + config.grow_boundary for n, r in zip(network, lsd, strict=True)]
@@ -232,7 +233,7 @@ def input_roi(config: Segmentation2dTrainConfig, voxel_size: Coordinate) -> Roi:
     """The raw a prediction of the section at z = 0, y, x = [0, output) reads."""
     k = config.context_sections
     shape = Coordinate((2 * k + 1, *config.input_shape))
-    network = (Coordinate(config.input_shape) - Coordinate(config.network_output_shape)) // 2
+    network = output_reach(config.input_shape, config.network_output_shape)
     offset = Coordinate((-k, *(-n for n in network)))
     return Roi(offset * voxel_size, shape * voxel_size)
 

@@ -142,3 +142,14 @@ def predict_sections(
         roi,
         roi.shape[0] // voxel_size[0],
     )
+
+
+def predict_with_checkpoint(
+    checkpoint: Path, raw_container: Path, raw_dataset: str, out_container: Path,
+    overwrite: bool = False,
+) -> SectionPrediction:  # fmt: skip
+    """`connecto bootstrap predict-2d`: every section with the model of `checkpoint` (its
+    setup's train config)."""
+    config = train_config_of(checkpoint)
+    return predict_sections(checkpoint, config, raw_container, raw_dataset, out_container,
+                            overwrite=overwrite, progress=True)  # fmt: skip
