@@ -43,3 +43,17 @@ class TaskParts:
     snapshot: Callable[[gp.Batch], dict[str, tuple[np.ndarray, dict]]] | None = None
     # batch -> {metric name: value}, logged to tensorboard and the run document
     metrics: Callable[[gp.Batch], dict[str, float]] | None = None
+
+
+CACHE_SIZE_PER_WORKER = 4
+
+
+def stacked(pipeline: gp.Pipeline, batch_size: int, cache_workers: int) -> gp.Pipeline:
+    """`pipeline` in batches of `batch_size`, made by `cache_workers` processes (none: in
+    the training process)."""
+    pipeline += gp.Stack(batch_size)
+    if cache_workers > 0:
+        pipeline += gp.PreCache(
+            cache_size=CACHE_SIZE_PER_WORKER * cache_workers, num_workers=cache_workers
+        )
+    return pipeline

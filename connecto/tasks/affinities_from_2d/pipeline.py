@@ -22,14 +22,13 @@ from connecto.tasks.affinities_from_2d.synthetic import (
     random_neurites,
     simulate_2d_predictions,
 )
-from connecto.tasks.parts import TaskParts
+from connecto.tasks.parts import TaskParts, stacked
 
 STACK = gp.ArrayKey("STACK")  # the stacked 2D predictions, the network's input
 LABELS = gp.ArrayKey("LABELS")
 GT_AFFS = gp.ArrayKey("GT_AFFS")
 AFFS_WEIGHTS = gp.ArrayKey("AFFS_WEIGHTS")
 PRED_AFFS = gp.ArrayKey("PRED_AFFS")
-CACHE_SIZE_PER_WORKER = 4
 
 
 class SyntheticSource(gp.BatchProvider):
@@ -111,12 +110,7 @@ def data_pipeline(config: AffinitiesFrom2dTrainConfig, cache_workers: int = 0) -
                                     only_xy=config.anisotropic)  # fmt: skip
     pipeline += gp.AddAffinities(config.neighborhood, LABELS, GT_AFFS, dtype=np.float32)
     pipeline += gp.BalanceLabels(GT_AFFS, AFFS_WEIGHTS)
-    pipeline += gp.Stack(config.batch_size)
-    if cache_workers > 0:
-        pipeline += gp.PreCache(
-            cache_size=CACHE_SIZE_PER_WORKER * cache_workers, num_workers=cache_workers
-        )
-    return pipeline
+    return stacked(pipeline, config.batch_size, cache_workers)
 
 
 def batch_request(config: AffinitiesFrom2dTrainConfig, predictions: bool = True) -> (

@@ -29,7 +29,7 @@ from lsd.train.gp import AddLocalShapeDescriptor
 from connecto import ConnectoError
 from connecto.config import WorkerConfig
 from connecto.data.volumes import RAW_SCALE, RAW_SHIFT, open_configured, raw_scale
-from connecto.tasks.parts import TaskParts
+from connecto.tasks.parts import TaskParts, stacked
 from connecto.tasks.segmentation.config import SegmentationTrainConfig
 from connecto.tasks.segmentation.model import MtlsdLoss, build_mtlsd
 
@@ -43,7 +43,6 @@ GT_AFFS_MASK = gp.ArrayKey("GT_AFFS_MASK")
 AFFS_WEIGHTS = gp.ArrayKey("AFFS_WEIGHTS")
 PRED_LSDS = gp.ArrayKey("PRED_LSDS")
 PRED_AFFS = gp.ArrayKey("PRED_AFFS")
-CACHE_SIZE_PER_WORKER = 4
 
 
 def output_reach(input_shape: Sequence[int], output: Sequence[int]) -> Coordinate:
@@ -224,12 +223,7 @@ def data_pipeline(
         # gunpowder's test is strict (">"), so what passes has at least the fraction
         pipeline += gp.Reject(mask=UNLABELLED, min_masked=config.min_labelled_fraction)
     pipeline += gp.IntensityScaleShift(RAW, RAW_SCALE, RAW_SHIFT)
-    pipeline += gp.Stack(config.batch_size)
-    if cache_workers > 0:
-        pipeline += gp.PreCache(
-            cache_size=CACHE_SIZE_PER_WORKER * cache_workers, num_workers=cache_workers
-        )
-    return pipeline
+    return stacked(pipeline, config.batch_size, cache_workers)
 
 
 def batch_request(config: SegmentationTrainConfig, with_unlabelled: bool) -> gp.BatchRequest:

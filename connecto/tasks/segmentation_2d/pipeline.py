@@ -26,10 +26,9 @@ from scipy.ndimage import uniform_filter
 from connecto import ConnectoError
 from connecto.config import WorkerConfig
 from connecto.data.volumes import RAW_SCALE, RAW_SHIFT, raw_scale, read_roi
-from connecto.tasks.parts import TaskParts
+from connecto.tasks.parts import TaskParts, stacked
 from connecto.tasks.segmentation.pipeline import (
     AFFS_WEIGHTS,
-    CACHE_SIZE_PER_WORKER,
     GT_AFFS,
     GT_AFFS_MASK,
     GT_LSDS,
@@ -221,12 +220,7 @@ def data_pipeline(
     )  # fmt: skip
     pipeline += gp.BalanceLabels(GT_AFFS, AFFS_WEIGHTS, mask=GT_AFFS_MASK)
     pipeline += gp.IntensityScaleShift(RAW, RAW_SCALE, RAW_SHIFT)
-    pipeline += gp.Stack(config.batch_size)
-    if cache_workers > 0:
-        pipeline += gp.PreCache(
-            cache_size=CACHE_SIZE_PER_WORKER * cache_workers, num_workers=cache_workers
-        )
-    return pipeline
+    return stacked(pipeline, config.batch_size, cache_workers)
 
 
 def input_roi(config: Segmentation2dTrainConfig, voxel_size: Coordinate) -> Roi:
