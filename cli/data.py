@@ -1,4 +1,4 @@
-"""`connecto data ingest | sparsify | synthesize-synapses`."""
+"""`connecto data ingest | sparsify | synthesize-synapses | synthesize-barcodes`."""
 
 from __future__ import annotations
 
@@ -143,6 +143,84 @@ def synthesize_command(
         f"{report.container}/{report.dataset}: {list(report.shape)} voxels at "
         f"{list(report.voxel_size)} nm; {report.synapses} synapses ({counts}) on "
         f"{report.skeletons} skeletons in database {db!r}"
+    )
+
+
+@data_app.command("synthesize-barcodes")
+def synthesize_barcodes_command(
+    out: Path = typer.Argument(..., help="output zarr container (e.g. data/prism.zarr)"),
+    db: str = typer.Option(..., "--db", help="database for the `neurons` (and synapse) documents"),
+    labels: str | None = typer.Option(
+        None,
+        "--labels",
+        help="dense neuron labels PATH[:DATASET] (HDF5 or zarr; default the NeuroProof truth "
+        "in ../shared/data, dataset volumes/labels/neuron_ids)",
+    ),
+    crop: str | None = typer.Option(
+        None, "--crop", help="sub-volume z0:z1,y0:y1,x0:x1 in source voxels, e.g. 0:64,0:128,0:128"
+    ),
+    downsample: str | None = typer.Option(
+        None,
+        "--downsample",
+        help="Z,Y,X whole factors: coarser (anisotropic) voxels, e.g. 4,1,1 for 40x10x10 nm",
+    ),
+    channels: int | None = typer.Option(None, "--channels", help="barcode channels (default 18)"),
+    seed: int | None = typer.Option(None, "--seed", help="random seed (default 0)"),
+    synapses: int | None = typer.Option(
+        None, "--synapses", help="synapses at neuron contacts, adding 2 marker channels (default 0)"
+    ),
+    params_file: Path | None = typer.Option(
+        None, "--params", help="TOML file with generator parameters (see BarcodeParameters)"
+    ),
+    settings: list[str] = typer.Option(
+        [], "--set", help="one generator parameter KEY=VALUE, e.g. patchiness=0; repeatable"
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace the container's arrays and this volume's documents"
+    ),
+) -> None:
+    """Barcoded multi-channel light microscopy (PRISM-like) rendered from real neuron labels,
+    with its training targets and the true barcodes (container attributes and MongoDB)."""
+    from connecto.config import parse_cli_value, read_toml, validate
+    from connecto.data.barcodes import (
+        DEFAULT_LABELS_DATASET,
+        BarcodeParameters,
+        parse_crop,
+        synthesize_barcodes_from_file,
+    )
+
+    values = read_toml(params_file) if params_file is not None else {}
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConnectoError(f"--set {item!r}: expected KEY=VALUE, e.g. patchiness=0")
+        values[key.strip()] = parse_cli_value(text.strip())
+    for key, value in (("channels", channels), ("seed", seed), ("synapses", synapses)):
+        if value is not None:
+            values[key] = value
+    params = validate(BarcodeParameters, values, str(params_file or "parameters"))
+    path, dataset = None, DEFAULT_LABELS_DATASET
+    if labels is not None:
+        # PATH:DATASET, where PATH itself may hold no ':' (a dataset name may hold '/')
+        head, sep, tail = labels.partition(":")
+        path, dataset = Path(head), (tail if sep and tail else DEFAULT_LABELS_DATASET)
+    factors = None
+    if downsample is not None:
+        try:
+            factors = tuple(int(p) for p in downsample.replace("x", ",").split(","))
+        except ValueError:
+            raise ConnectoError(
+                f"--downsample {downsample!r}: expected Z,Y,X whole factors, e.g. 4,1,1"
+            ) from None
+    report = synthesize_barcodes_from_file(
+        out, get_database(db), params, path, dataset,
+        parse_crop(crop) if crop is not None else None, factors, overwrite=overwrite,
+    )  # fmt: skip
+    extra = f", {report.synapses} synapses (+2 marker channels)" if report.synapses else ""
+    typer.echo(
+        f"{report.container}: {report.channels} barcode channels over {list(report.shape)} "
+        f"voxels at {list(report.voxel_size)} nm; {report.neurons} neurons ({report.shared} "
+        f"sharing a barcode, {report.weak} weak){extra}; documents in database {db!r}"
     )
 
 

@@ -33,11 +33,15 @@ def prepare_training_command(
         [], "--set", help="key=value for train_config, worker.key=value for worker_config"
     ),
     force: bool = typer.Option(False, "--force", help="overwrite the configs of an existing setup"),
+    init_from: Path | None = typer.Option(
+        None, "--init-from", help="synapse-contrastive checkpoint: start the classifier's encoder"
+    ),
 ) -> None:
     """Create <base>/<experiment>/02_train/setup_t<ID>/ with train and worker configs."""
     setup, _, _ = prepare_training(
-        base, experiment, train_id, task, template, overrides, force, tracking=tracking_database
-    )
+        base, experiment, train_id, task, template, overrides, force,
+        tracking=tracking_database, init_from=init_from,
+    )  # fmt: skip
     typer.echo(f"prepared {setup.path}")
     typer.echo(
         f"  edit train_config.toml and worker_config.toml, then: "

@@ -10,10 +10,12 @@ from cli import bootstrap as bootstrap_cli
 from cli import config as config_cli
 from cli import data as data_cli
 from cli import db as db_cli
+from cli import embed as embed_cli
 from cli import evaluate as evaluate_cli
 from cli import experiment as experiment_cli
 from cli import jobs as jobs_cli
 from cli import predict as predict_cli
+from cli import report as report_cli
 from cli import segment as segment_cli
 from cli import split as split_cli
 from cli import submit as submit_cli
@@ -40,10 +42,12 @@ for module in (
     view_cli,
     predict_cli,
     evaluate_cli,
+    embed_cli,
     segment_cli,
     bootstrap_cli,
     submit_cli,
     jobs_cli,
+    report_cli,
 ):
     module.register(app)
 

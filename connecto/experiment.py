@@ -205,13 +205,18 @@ def prepare_training(
     overrides: list[str] | None = None,
     force: bool = False,
     tracking: Callable[[], Database] | None = None,
+    init_from: Path | None = None,
 ) -> tuple[TrainSetup, BaseModel, WorkerConfig]:
     """Create a train setup from a template; returns (setup, train config, worker config).
 
     With `tracking` (how to reach the tracking database), the setup is registered there as
     a `prepared` run. Every check, the database's included, comes before anything is
     written, and a failed write or registration takes back what was written: a refusal
-    leaves no setup directory, and --force keeps the old configs."""
+    leaves no setup directory, and --force keeps the old configs.
+
+    `init_from` (a synapse-contrastive checkpoint) starts a synapse classifier from the
+    pretrained encoder: `init_from`, `network = "ResNet18"` and the encoder's width go into
+    the train config (before `overrides`)."""
     setup = TrainSetup(base.resolve(), experiment, train_id)
     if setup.path.exists() and any(setup.path.iterdir()) and not force:
         raise ConnectoError(f"{setup.path} already exists; use --force to overwrite its configs")
@@ -225,6 +230,8 @@ def prepare_training(
         raise ConnectoError(
             f"template {name!r} is for task {train_values.get('task')!r}, not {task!r}"
         )
+    if init_from is not None:
+        train_values.update(_init_from_values(init_from, train_values))
     _apply_overrides(train_values, worker_values, overrides or [])
     source = f"template {name} with --set"
     train = validate(train_config_model(train_values, source), train_values, source)
@@ -239,6 +246,22 @@ def prepare_training(
                 train.model_dump(mode="json"), worker.model_dump(mode="json"),
             )  # fmt: skip
     return setup, train, worker
+
+
+def _init_from_values(checkpoint: Path, train_values: dict[str, Any]) -> dict[str, Any]:
+    """The train config keys that start a synapse classifier from a synapse-contrastive
+    checkpoint's encoder; the checkpoint's setup is checked here, its weights by training."""
+    from connecto.tasks.synapse_contrastive.config import NAME, ContrastiveTrainConfig
+
+    task = train_values.get("task", DEFAULT_TASK)
+    if task != "synapse-classification":
+        raise ConnectoError(f"--init-from: only for synapse-classification, not task {task!r}")
+    checkpoint = checkpoint.resolve()
+    try:
+        contrastive = checkpoint_config(checkpoint, ContrastiveTrainConfig, NAME)
+    except ConnectoError as error:
+        raise ConnectoError(f"--init-from {checkpoint}: {error}") from None
+    return {"init_from": str(checkpoint), "network": "ResNet18", "resnet_width": contrastive.width}
 
 
 class _undo_on_failure:

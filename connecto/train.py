@@ -146,6 +146,11 @@ def write_snapshot(
         array.attrs.update({**attrs, "iteration": iteration})
         if "voxel_size" in attrs:
             array.attrs["resolution"] = attrs["voxel_size"]
+        if attrs.get("png"):  # a 2D uint8 image the task wants viewable as it is
+            import matplotlib.pyplot as plt
+
+            png = setup.snapshot_dir / f"batch_{iteration}_{name}.png"
+            plt.imsave(png, np.asarray(data), cmap="gray", vmin=0, vmax=255)
     return path
 
 

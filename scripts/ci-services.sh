@@ -36,7 +36,7 @@ ROOTFS_TAR=$STATE/cache/rootfs-$SUITE.tar  # cached debootstrap output: re-impor
 DB_NAME=slurm_acct_db
 DB_USER=slurm
 DB_PASS=connecto-ci                        # MariaDB runs with --skip-networking: socket only
-PACKAGES=(slurm-wlm slurmdbd mariadb-server munge docker.io debootstrap debian-archive-keyring)
+PACKAGES=(slurm-wlm slurmdbd mariadb-server munge docker.io debootstrap debian-archive-keyring chromium)
 
 # Daemons live in /usr/sbin, which a CI user's PATH may lack. Append (not prepend) so a newer
 # docker client in /usr/local/bin keeps precedence; either client talks to the daemon.

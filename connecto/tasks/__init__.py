@@ -29,6 +29,9 @@ TASKS: dict[str, str] = {
     "segmentation": "segmentation",
     "segmentation-2d": "segmentation_2d",
     "affinities-from-2d": "affinities_from_2d",
+    "synapse-contrastive": "synapse_contrastive",
+    "barcode-enhancement": "barcode_enhancement",
+    "barcode-expression": "barcode_expression",
 }
 DEFAULT_TASK = "synapse-classification"  # synister's train configs name no task
 

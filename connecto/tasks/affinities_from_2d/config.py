@@ -42,6 +42,12 @@ class AffinitiesFrom2dTrainConfig(TrainingSettings):
     input_lsds: bool = Field(default=True, description="the 6 2D LSDs follow the affinities")
     lsd_sigma: float = Field(default=80.0, gt=0, description="the 2D model's LSD sigma in nm")
     lsd_downsample: PositiveInt = 2
+    section_percentiles: tuple[float, float] | None = Field(
+        default=(1.0, 99.0),
+        description="[low, high]: every section's input channels are stretched to [0, 1] "
+        "between these percentiles, in training and prediction (2D models differ in "
+        "calibration); none: inputs as they are",
+    )
     # the target
     neighborhood: list[Shape3] = Field(
         default_factory=lambda: [(1, 0, 0), (0, 1, 0), (0, 0, 1)], min_length=1
@@ -78,6 +84,12 @@ class AffinitiesFrom2dTrainConfig(TrainingSettings):
     )
     blur_sigma: NonNegative = Field(default=1.0, description="most in-plane blur, pixels")
     noise_std: NonNegative = Field(default=0.1, description="most gaussian noise sd")
+    blob_strength: NonNegative = Field(
+        default=1.0,
+        description="most depth of the smooth blobs that lower affinities inside objects "
+        "(false boundary evidence a briefly trained 2D model shows), drawn per section",
+    )
+    blob_size: float = Field(default=120.0, gt=0, description="nm between the blobs' centres")
     contrast: Annotated[float, Field(ge=0, lt=1)] = Field(
         default=0.2, description="channel contrast factor in [1 - this, 1 + this]"
     )
@@ -95,6 +107,12 @@ class AffinitiesFrom2dTrainConfig(TrainingSettings):
                 )
         if any(offset == (0, 0, 0) for offset in self.neighborhood):
             raise ValueError("neighborhood: [0, 0, 0] is no offset")
+        if self.section_percentiles is not None:
+            low, high = self.section_percentiles
+            if not 0 <= low < high <= 100:
+                raise ValueError(
+                    f"section_percentiles [{low}, {high}]: expected 0 <= low < high <= 100"
+                )
         for key in ("neurite_diameter", "boundary_width"):
             low, high = getattr(self, key)
             if low > high:

@@ -16,6 +16,7 @@ import torch
 from connecto.config import WorkerConfig
 from connecto.tasks.affinities_from_2d.config import AffinitiesFrom2dTrainConfig
 from connecto.tasks.affinities_from_2d.model import AffinitiesLoss, build_model
+from connecto.tasks.affinities_from_2d.normalise import section_levels, stretch
 from connecto.tasks.affinities_from_2d.synthetic import (
     NeuriteSettings,
     PredictionSettings,
@@ -40,10 +41,12 @@ class SyntheticSource(gp.BatchProvider):
     def __init__(
         self, stack: gp.ArrayKey, labels: gp.ArrayKey, voxel_size: tuple[int, int, int],
         neurites: NeuriteSettings, predictions: PredictionSettings,
+        section_percentiles: tuple[float, float] | None = None,
     ) -> None:  # fmt: skip
         self.stack, self.labels = stack, labels
         self.voxel_size = gp.Coordinate(voxel_size)
         self.neurites, self.predictions = neurites, predictions
+        self.section_percentiles = section_percentiles
 
     def setup(self) -> None:
         everywhere = gp.Roi((None,) * 3, (None,) * 3)
@@ -78,6 +81,8 @@ class SyntheticSource(gp.BatchProvider):
             if key == self.stack:
                 data = simulate_2d_predictions(data, self.voxel_size, self.predictions, rng,
                                                margin=reach)  # fmt: skip
+                if self.section_percentiles is not None:
+                    data = stretch(data, section_levels(data, self.section_percentiles))
             spec = self.spec[key].copy()
             spec.roi = request[key].roi
             batch[key] = gp.Array(np.ascontiguousarray(data), spec)
@@ -98,13 +103,14 @@ def prediction_settings(config: AffinitiesFrom2dTrainConfig) -> PredictionSettin
         merge_rate=config.merge_rate, shift_rate=config.shift_rate, shift_max=config.shift_max,
         boundary_width=config.boundary_width, blur_sigma=config.blur_sigma,
         noise_std=config.noise_std, contrast=config.contrast, brightness=config.brightness,
+        blob_strength=config.blob_strength, blob_size=config.blob_size,
     )  # fmt: skip
 
 
 def data_pipeline(config: AffinitiesFrom2dTrainConfig, cache_workers: int = 0) -> gp.Pipeline:
     """Batches of STACK, LABELS, GT_AFFS and AFFS_WEIGHTS."""
     pipeline = SyntheticSource(STACK, LABELS, config.voxel_size, neurite_settings(config),
-                               prediction_settings(config))  # fmt: skip
+                               prediction_settings(config), config.section_percentiles)  # fmt: skip
     if config.grow_boundary:
         pipeline += gp.GrowBoundary(LABELS, steps=config.grow_boundary,
                                     only_xy=config.anisotropic)  # fmt: skip

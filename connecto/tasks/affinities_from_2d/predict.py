@@ -22,6 +22,7 @@ from connecto.checkpoints import default_device, load_weights, read_checkpoint
 from connecto.data.volumes import prepare_channels
 from connecto.tasks.affinities_from_2d.config import LSD_2D_CHANNELS, AffinitiesFrom2dTrainConfig
 from connecto.tasks.affinities_from_2d.model import AffinitiesFrom2dModel, build_model
+from connecto.tasks.affinities_from_2d.normalise import section_levels, stretch
 
 MODEL_KEYS = "input_offsets, input_lsds, neighborhood, fmaps, fmap_inc_factor, downsample_factors"
 
@@ -75,6 +76,31 @@ def _inputs(config: AffinitiesFrom2dTrainConfig, stack: Path, affs: str, lsds: s
     return arrays
 
 
+def _levels(config: AffinitiesFrom2dTrainConfig, inputs: list[Array], roi: Roi) -> (
+    np.ndarray | None
+):  # fmt: skip
+    """(2, C, z) percentiles of every section of `roi` (whole sections: per-tile levels
+    would show the tiles' seams), or None when the model takes inputs as they are."""
+    if config.section_percentiles is None:
+        return None
+    whole = inputs[0].roi
+    sections = Roi((roi.begin[0], *whole.begin[1:]), (roi.shape[0], *whole.shape[1:]))
+    stack = np.concatenate([a.to_ndarray(sections) for a in inputs])
+    return section_levels(stack, config.section_percentiles)
+
+
+def _scaled(stack: np.ndarray, levels: np.ndarray | None, first: int) -> np.ndarray:
+    """uint8 `stack` (C, z, y, x) whose section 0 is section `first` of `levels` as the
+    network's float input; sections outside `levels` are padding and stay 0."""
+    if levels is None:
+        return stack.astype(np.float32) / 255.0
+    out = np.zeros(stack.shape, dtype=np.float32)
+    inside = slice(max(0, -first), min(stack.shape[1], levels.shape[2] - first))
+    part = levels[:, :, first + inside.start : first + inside.stop]
+    out[:, inside] = stretch(stack[:, inside], part, 255.0)
+    return out
+
+
 def _tiles(roi: Roi, step: Coordinate) -> list[Roi]:
     tiles = []
     for z in range(roi.begin[0], roi.end[0], step[0]):
@@ -104,12 +130,14 @@ def predict_affinities(
     neighborhood = {"neighborhood": [list(o) for o in config.neighborhood]}
     out = prepare_channels(path, len(config.neighborhood), roi, voxel_size, out_shape, neighborhood)
     tiles = _tiles(roi, out_shape * voxel_size)
+    levels = _levels(config, inputs, roi)
     for tile in tqdm(tiles, desc="3D affinities", unit="tile", disable=not progress):
         full = Roi(tile.offset, out_shape * voxel_size)  # the network's whole output
         read = full.grow(context, context)
         stack = np.concatenate([a.to_ndarray(read, fill_value=0) for a in inputs])
+        stack = _scaled(stack, levels, (read.begin[0] - roi.begin[0]) // voxel_size[0])
         with torch.no_grad():
-            tensor = torch.from_numpy(stack.astype(np.float32) / 255.0)[None].to(device)
+            tensor = torch.from_numpy(stack)[None].to(device)
             affs = model(tensor)[0].cpu().numpy()
         inside = (tile - full.offset) / voxel_size
         out[tile] = (affs[(slice(None), *inside.to_slices())] * 255).round().astype(np.uint8)

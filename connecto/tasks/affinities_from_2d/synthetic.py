@@ -50,6 +50,10 @@ class PredictionSettings:
     boundary_width: tuple[int, int] = (1, 2)  # pixels zeroed either side of a boundary
     blur_sigma: float = 1.0  # pixels, the most; each section draws from [0, this]
     noise_std: float = 0.1  # the most; each section draws from [0, this]
+    # false boundary evidence inside objects (organelles, texture), as a 2D model that
+    # is not fully trained shows: smooth blobs lowering all affinities of a section
+    blob_strength: float = 1.0  # the most; each section draws from [0, this]
+    blob_size: float = 120.0  # nm between the blobs' control points
     contrast: float = 0.2  # channel contrast factor in [1 - this, 1 + this]
     brightness: float = 0.1  # channel shift in [-this, this]
 
@@ -351,6 +355,25 @@ def degrade(channels: np.ndarray, settings: PredictionSettings, rng: np.random.G
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def interior_blobs(
+    affinities: np.ndarray, voxel_size: Sequence[int], settings: PredictionSettings,
+    rng: np.random.Generator,
+) -> np.ndarray:  # fmt: skip
+    """`affinities` (C, z, y, x) lowered by smooth random blobs, the same in every channel
+    of a section (one organelle lowers all offsets), strength drawn per section."""
+    if settings.blob_strength <= 0:
+        return affinities
+    depth, height, width = affinities.shape[1:]
+    spacing = np.full(2, settings.blob_size) / np.asarray(voxel_size[1:], dtype=float)
+    out = affinities.copy()
+    for z in range(depth):
+        field = _smooth_field(rng, (height, width), spacing)
+        # half of the section (field > 0) carries a blob
+        blobs = np.clip(field, 0.0, None) * rng.uniform(0.0, settings.blob_strength)
+        out[:, z] = np.clip(out[:, z] - blobs[None], 0.0, 1.0)
+    return out
+
+
 def simulate_2d_predictions(
     labels: np.ndarray, voxel_size: Sequence[int], settings: PredictionSettings,
     rng: np.random.Generator, margin: int = 0,
@@ -362,7 +385,8 @@ def simulate_2d_predictions(
     perturbed = np.stack([perturb_section(section, settings, rng) for section in labels])
     keep = (slice(None), slice(None), slice(margin, labels.shape[1] - margin),
             slice(margin, labels.shape[2] - margin))  # fmt: skip
-    parts = [in_plane_affinities(perturbed, settings.offsets)[keep]]
+    affinities = in_plane_affinities(perturbed, settings.offsets)[keep]
+    parts = [interior_blobs(affinities, voxel_size, settings, rng)]
     if settings.lsds:
         parts.append(section_lsds(perturbed, voxel_size, settings.lsd_sigma,
                                   settings.lsd_downsample, margin))  # fmt: skip

@@ -55,7 +55,12 @@ class SynapseModelConfig(ConfigModel):
     classifier_width: PositiveInt = Field(
         default=4096, description="width of the VGG's two hidden fully connected layers"
     )
-    network: Literal["VGG"] = "VGG"
+    network: Literal["VGG", "ResNet18"] = Field(
+        default="VGG", description="ResNet18: the synapse-contrastive encoder + a linear layer"
+    )
+    resnet_width: PositiveInt = Field(
+        default=64, description="ResNet18 only: stem width (64: 512 features)"
+    )
     network_appendix: str | None = None
     batch_size: PositiveInt = 8
     db_credentials: str | None = Field(default=None, description="synister credentials INI")
@@ -75,7 +80,8 @@ class SynapseModelConfig(ConfigModel):
                     f"downsampling level ({levels}, from downsample_factors)"
                 )
         total = [math.prod(f[d] for f in self.downsample_factors) for d in range(3)]
-        if any(s % t for s, t in zip(self.input_shape, total, strict=True)):
+        vgg = self.network == "VGG"  # the ResNet pools globally: any input_shape fits
+        if vgg and any(s % t for s, t in zip(self.input_shape, total, strict=True)):
             raise ValueError(
                 f"input_shape {self.input_shape} is not divisible by the total "
                 f"downsampling {tuple(total)} of downsample_factors"
@@ -91,6 +97,20 @@ class SynapseModelConfig(ConfigModel):
 
 class SynapseTrainConfig(SynapseModelConfig, TrainingSettings):
     ini_section: ClassVar[str | None] = "Training"
+
+    init_from: str | None = Field(
+        default=None,
+        description="a synapse-contrastive model_checkpoint_<N>: its encoder starts the ResNet18",
+    )
+
+    @model_validator(mode="after")
+    def _check_init_from(self) -> SynapseTrainConfig:
+        if self.init_from is not None and self.network != "ResNet18":
+            raise ValueError(
+                f"init_from = {self.init_from!r} needs network = 'ResNet18' (the pretrained "
+                f"encoder), not {self.network!r}"
+            )
+        return self
 
 
 class SynapsePredictConfig(SynapseModelConfig):

@@ -1,5 +1,6 @@
 """synister's 3D VGG: blocks of (conv3d 3x3x3 + batch norm + ReLU) x n, each followed by
-max pooling, then a three-layer fully connected classifier."""
+max pooling, then a three-layer fully connected classifier; or the synapse-contrastive
+ResNet-18 encoder with a linear classifier (`network = "ResNet18"`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from connecto.tasks.synapse_classification.config import SynapseModelConfig
+from connecto.tasks.synapse_contrastive.model import ResNet3dEncoder
 
 CLASSIFIER_WIDTH = 4096  # synister's fully connected width (config: classifier_width)
 
@@ -80,14 +82,36 @@ def build_vgg3d(config: SynapseModelConfig) -> Vgg3D:
     )
 
 
+class ResNetClassifier(torch.nn.Module):
+    """The synapse-contrastive encoder (3D ResNet-18, global average pooling) and one
+    linear layer to class logits: what a contrastive checkpoint's encoder initialises."""
+
+    def __init__(self, voxel_size: Sequence[int], width: int, output_classes: int) -> None:
+        super().__init__()
+        self.encoder = ResNet3dEncoder(voxel_size, in_channels=1, width=width)
+        self.classifier = torch.nn.Linear(self.encoder.feature_dim, output_classes)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        """`raw` (batch, [channel,] z, y, x) -> class logits (batch, classes)."""
+        return self.classifier(self.encoder(raw))
+
+
+def build_classifier(config: SynapseModelConfig) -> torch.nn.Module:
+    """The network `config.network` names."""
+    if config.network == "ResNet18":
+        return ResNetClassifier(config.voxel_size, config.resnet_width, len(config.class_names))
+    return build_vgg3d(config)
+
+
 def load_model_from_checkpoint(
     config: SynapseModelConfig, checkpoint_path: str | Path, device: str | torch.device
 ) -> torch.nn.Module:
-    """The VGG of `config` with the weights of a `model_checkpoint_<N>`, in eval mode."""
+    """The network of `config` with the weights of a `model_checkpoint_<N>`, in eval mode."""
     from connecto.checkpoints import load_weights, read_checkpoint
 
-    model = build_vgg3d(config)
+    model = build_classifier(config)
     state = read_checkpoint(checkpoint_path, device)
-    keys = "input_shape, fmaps, fmap_inc, n_convolutions, downsample_factors, synapse_types"
+    keys = "network, input_shape, fmaps, fmap_inc, n_convolutions, downsample_factors, "
+    keys += "resnet_width, voxel_size, synapse_types"
     load_weights(model, state, checkpoint_path, keys)
     return model.to(device).eval()

@@ -37,7 +37,8 @@ from connecto.data.volumes import (
 )
 from connecto.tasks.parts import TaskParts
 from connecto.tasks.synapse_classification.config import SynapseTrainConfig
-from connecto.tasks.synapse_classification.model import build_vgg3d
+from connecto.tasks.synapse_classification.model import ResNetClassifier, build_classifier
+from connecto.tasks.synapse_contrastive.model import load_pretrained_encoder
 
 RAW = gp.ArrayKey("RAW")
 LABEL = gp.ArrayKey("LABEL")
@@ -369,7 +370,10 @@ def task_parts(config: SynapseTrainConfig, worker: WorkerConfig, source: str) ->
     check_voxel_size(raw, config, source)
     locations = train_locations(config)
     check_locations(locations, config, source)
-    model = build_vgg3d(config)
+    model = build_classifier(config)
+    if config.init_from is not None and isinstance(model, ResNetClassifier):
+        # the pretrained encoder; a resumed run then loads its own checkpoint over it
+        load_pretrained_encoder(model.encoder, config.init_from, config.voxel_size, source)
     pipeline = data_pipeline(
         raw, locations, config.synapse_types, config.batch_size, config.augment,
         worker.num_cache_workers,

@@ -4,11 +4,13 @@ predictions simulated from them (exact without perturbations, per-section errors
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from lsd.train.local_shape_descriptor import LsdExtractor
 
+from connecto.tasks.affinities_from_2d.normalise import section_levels, stretch
 from connecto.tasks.affinities_from_2d.synthetic import (
     NeuriteSettings,
     PredictionSettings,
@@ -26,6 +28,7 @@ OFFSETS = ((0, 1, 0), (0, 0, 1), (0, 3, 0), (0, 0, 3), (0, -2, 1))
 EXACT = PredictionSettings(
     offsets=OFFSETS, lsds=False, split_rate=0, merge_rate=0, shift_rate=0,
     boundary_width=(0, 0), blur_sigma=0, noise_std=0, contrast=0, brightness=0,
+    blob_strength=0,
 )  # fmt: skip
 
 
@@ -199,3 +202,24 @@ def test_split_and_merge_helpers():
     merged = merge_labels(section, 1.0, np.random.default_rng(0))
     assert set(np.unique(merged)) == {0, 1}  # 1-2 and 2-3 touch: one label; 0 stays
     assert np.array_equal(merge_labels(section, 0.0, np.random.default_rng(0)), section)
+
+
+def test_blobs_only_lower_affinities_inside_objects_and_differ_per_section():
+    volume = labels(3)
+    exact = simulate_2d_predictions(volume, VOXEL, EXACT, np.random.default_rng(0))
+    blobbed = simulate_2d_predictions(volume, VOXEL, replace(EXACT, blob_strength=1.0),
+                                      np.random.default_rng(0))  # fmt: skip
+    assert np.all(blobbed <= exact)
+    assert np.all(blobbed[exact == 0] == 0)  # boundaries stay boundaries
+    lowered = (exact - blobbed).reshape(len(OFFSETS), SHAPE[0], -1).mean(axis=(0, 2))
+    assert lowered.max() > 0.05 and lowered.std() > 0  # drawn per section
+
+
+def test_stretching_undoes_a_section_s_compressed_contrast():
+    exact = simulate_2d_predictions(labels(4), VOXEL, EXACT, np.random.default_rng(0))
+    soft = exact.copy()
+    soft[:, 3] = 0.6 + 0.3 * soft[:, 3]  # a section whose boundaries reach only 0.6
+    restored = stretch(soft, section_levels(soft, (1.0, 99.0)))
+    np.testing.assert_allclose(restored, exact, atol=1e-5)
+    flat = np.full((1, 2, 8, 8), 0.7, dtype=np.float32)  # no contrast: not blown up
+    assert np.all(stretch(flat, section_levels(flat, (1.0, 99.0))) == 0)

@@ -37,7 +37,8 @@ TINY = {
 }  # fmt: skip
 EXACT = {
     "split_rate": 0, "merge_rate": 0, "shift_rate": 0, "boundary_width": (0, 0),
-    "blur_sigma": 0, "noise_std": 0, "contrast": 0, "brightness": 0,
+    "blur_sigma": 0, "noise_std": 0, "contrast": 0, "brightness": 0, "blob_strength": 0,
+    "section_percentiles": None,
 }  # fmt: skip
 
 

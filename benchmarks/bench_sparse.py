@@ -1,0 +1,216 @@
+"""Dense 3D segmentation from sparse 2D labels (issue #14) on the NeuroProof volume.
+
+Every row is scored on the template's test slab (z 2000-2500 nm) against the dense truth,
+VOI/ARAND/ERL at the best threshold of the same sweep, each through connecto's own
+fragments -> agglomerate -> extract -> evaluate:
+- dense MTLSD trained on the train slab (z 0-1500 nm) with all its labels;
+- the sparse chain (`connecto bootstrap run`) from (a) one section in 20 of the train slab
+  (5 %) and (b) disk_N (N disks of radius R per section of the train slab): round 0 (2D
+  model -> stacked 2D predictions -> 2D->3D affinities) and one bootstrapped round (3D
+  MTLSD on round 0's filtered segments);
+- the shipped watershed supervoxels (the baseline the issue names).
+The 2D->3D model never sees labels: it is trained once on synthetic data at the volume's
+voxel size and reused by both sparse chains. Budgets (iterations, and the wall seconds
+each training took on this machine) are printed with the rows, and the labelled fraction
+(of the volume's voxels) next to each result.
+
+BENCH_SPARSE_ITERATIONS="2d,3d,round,dense" (default 600,600,400,1000) sets the budgets;
+BENCH_SPARSE_DISKS="N,R" (default 5,200) the disks; BENCH_SPARSE_KEEP=DIR keeps the work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+import zarr
+
+from benchmarks.bench_segment import H5, _Rows, _timed, _trained_setup
+from connecto.bootstrap.chain import Chain, load_bootstrap_config
+from connecto.data.ingest import ingest
+from connecto.data.sparsify import sparsify
+from connecto.db.client import tracking_database
+from connecto.resources import resource_dir
+from connecto.tasks import load_train_config
+from connecto.tasks.segmentation.config import STEPS, load_segment_config
+from connecto.tasks.segmentation.evaluate import score_segmentation
+from connecto.tasks.segmentation.steps import open_volume
+from connecto.tasks.segmentation.workflow import best_threshold, run_steps
+
+TRUTH = "volumes/labels/neuron_ids"
+THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
+SEGMENT_STEPS = ("fragments", "agglomerate", "extract", "evaluate")
+SMALL_3D = {"fmaps": 6, "fmap_inc_factor": 3, "worker.num_cache_workers": 2}
+# isotropic 10 nm: the 2D->3D network downsamples in z too
+AFFS_FROM_2D = {"input_shape": [76, 76, 76], "downsample_factors": [[2, 2, 2], [2, 2, 2]],
+                "fmaps": 6, "fmap_inc_factor": 3, "neurite_diameter": [150.0, 600.0],
+                "worker.num_cache_workers": 2}  # fmt: skip
+MODEL_2D = {"batch_size": 2, "worker.num_cache_workers": 2}
+
+
+def _budgets() -> dict[str, int]:
+    values = os.environ.get("BENCH_SPARSE_ITERATIONS", "600,600,400,1000").split(",")
+    return dict(zip(("2d", "3d", "round", "dense"), (int(v) for v in values), strict=True))
+
+
+def _train_slab_only(container: Path, dataset: str, depth_voxels: int) -> float:
+    """Zero the sparse labels beyond the train slab; the labelled fraction of the volume."""
+    labels = zarr.open(str(container / dataset), mode="r+")
+    labels[depth_voxels:] = 0
+    data = labels[:]
+    return float(np.count_nonzero(data)) / data.size
+
+
+def _sparse_labels(work: Path, data: Path, name: str, train_depth: int) -> (
+    tuple[Path, float, str]
+):  # fmt: skip
+    out = work / f"sparse_{name}.zarr"
+    if name == "sections":
+        report = sparsify(
+            data, out, TRUTH, "labels", sections=list(range(0, train_depth, 20)), overwrite=True
+        )
+    else:
+        count, radius = (float(v) for v in os.environ.get("BENCH_SPARSE_DISKS", "5,200").split(","))
+        report = sparsify(
+            data, out, TRUTH, "labels", disks=int(count), radius_nm=radius, seed=1, overwrite=True
+        )
+    fraction = _train_slab_only(out, "labels", train_depth)
+    return out, fraction, report.mode.describe()
+
+
+def _run_chain(chain: Chain) -> float:
+    """`connecto bootstrap run` (resuming), each step's line with the seconds since the
+    previous one; the total seconds."""
+    start = last = time.perf_counter()
+
+    def log(line: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        print(f"    {line} [{now - last:.0f} s]", flush=True)
+        last = now
+
+    chain.run(None, log=log)
+    return time.perf_counter() - start
+
+
+def _score_affinities(work: Path, name: str, affs_container: Path, base: dict[str, Any]) -> (
+    object
+):  # fmt: skip
+    """Segment `affs_container/affs` on the test slab with the threshold sweep; the best."""
+    values = {**base, "output_container": str(affs_container), "graph": name,
+              "fragments_dataset": f"fragments_{name}",
+              "segmentation_dataset": f"segmentation_{name}"}  # fmt: skip
+    path = work / f"segment_{name}.toml"
+    path.write_text(tomli_w.dumps(values))
+    report = run_steps(path, SEGMENT_STEPS, overwrite=True)
+    return best_threshold(report.scores)
+
+
+def main() -> None:
+    if not H5.is_file():
+        print(f"bench_sparse: the NeuroProof volume is not at {H5}; nothing measured")
+        return
+    budgets = _budgets()
+    keep = os.environ.get("BENCH_SPARSE_KEEP")
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench_sparse_"))
+    work.mkdir(parents=True, exist_ok=True)
+    db_name = f"bench_sparse_{uuid.uuid4().hex[:8]}"
+    try:
+        _measure(work, db_name, budgets)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
+    template = load_train_config(resource_dir("experiments") / "segmentation" / "train_config.toml")
+    voxel = template.voxel_size[0]
+    train_depth = template.train_roi[1][0] // voxel
+    data = work / "neuroproof.zarr"
+    if not data.exists():
+        ingest(H5, data, datasets=["volumes/raw", TRUTH], progress=False)
+    config, _ = load_segment_config(
+        resource_dir("experiments") / "segmentation" / "segment_config.toml"
+    )
+    base = config.model_dump(mode="json", exclude_none=True)
+    base.update(raw_container=str(data), raw_dataset="volumes/raw", labels_container=str(H5),
+                labels_dataset=TRUTH, roi=template.test_roi, db_name=db_name, num_workers=2,
+                thresholds=THRESHOLDS)  # fmt: skip
+    print(f"budgets (iterations): {json.dumps(budgets)}; test slab {template.test_roi} nm; "
+          f"train slab {template.train_roi} nm", flush=True)  # fmt: skip
+    rows = _Rows()
+    print(f"  {'':38s} {'thr':>5s} {'VOI split':>9s} {'VOI merge':>9s} {'VOI':>7s} "
+          f"{'ARAND':>7s} {'ERL nm':>7s} {'time s':>7s}  labelled", flush=True)  # fmt: skip
+    truth = open_volume(H5, TRUTH)
+    test_truth = truth.to_ndarray(truth.roi.intersect(_roi(template.test_roi)))
+    supervoxels = open_volume(H5, "volumes/labels/watershed_supervoxels")
+    rows.append(("watershed supervoxels (baseline)", score_segmentation(
+        supervoxels.to_ndarray(_roi(template.test_roi)), test_truth), 0.0))  # fmt: skip
+
+    # dense MTLSD: every label of the train slab
+    os.environ.pop("BENCH_SEGMENT_CHECKPOINT", None)
+    checkpoint, how = _trained_setup(work / "dense", data, budgets["dense"])
+    print(f"    dense MTLSD: {how}", flush=True)
+    values = {**base, "checkpoint": str(checkpoint), "graph": "dense",
+              "output_container": str(work / "dense.zarr")}  # fmt: skip
+    path = work / "segment_dense.toml"
+    path.write_text(tomli_w.dumps(values))
+    elapsed, report = _timed(run_steps, path, STEPS)
+    dense_fraction = float(np.count_nonzero(truth.to_ndarray(_roi(template.train_roi))))
+    rows.append(("dense MTLSD", best_threshold(report.scores), elapsed))
+    print(f"    (dense labelled fraction {dense_fraction / np.prod(truth.shape):.3f})")
+
+    affs_checkpoint = None
+    for name in ("sections", "disks"):
+        labels, fraction, described = _sparse_labels(work, data, name, train_depth)
+        print(f"  sparse ({name}): {described}, labelled fraction {fraction:.4f}", flush=True)
+        chain = _chain_of(work, name, data, labels, budgets, affs_checkpoint)
+        seconds = _run_chain(chain)
+        record = {d["step"]: d for d in chain.lineage()}
+        affs_checkpoint = affs_checkpoint or record["train-3d"]["stats"]["checkpoint"]
+        for r in (0, 1):
+            container = chain.round_dir(r) / "segment.zarr"
+            best = _score_affinities(work, f"{name}_round{r}", container, base)
+            label = f"sparse {name}, " + ("2D -> 2D->3D" if r == 0 else "round 1")
+            rows.append((label, best, seconds if r == 1 else 0.0))
+            print(f"    labelled fraction {fraction:.4f}", flush=True)
+        kept = record.get("round-1-pseudo-labels", {}).get("stats", {})
+        print(f"    round 1 pseudo labels: {kept}", flush=True)
+
+
+def _roi(roi: list[list[int]]) -> Any:
+    from funlib.geometry import Roi
+
+    return Roi(roi[0], roi[1])
+
+
+def _chain_of(work: Path, name: str, data: Path, labels: Path, budgets: dict[str, int],
+              affs_checkpoint: str | None) -> Chain:  # fmt: skip
+    config = {
+        "experiment": f"sparse_{name}", "base": str(work / "runs"),
+        "raw_container": str(data), "raw_dataset": "volumes/raw",
+        "labels_container": str(labels), "labels_dataset": "labels", "threshold": 0.5,
+        "segment": {"block_size": [64, 64, 64], "num_workers": 2},
+        "model_2d": {"iterations": budgets["2d"], "set": MODEL_2D},
+        "affinities_from_2d": (
+            {"checkpoint": affs_checkpoint} if affs_checkpoint
+            else {"iterations": budgets["3d"], "set": AFFS_FROM_2D}
+        ),
+        "rounds": {"count": 1, "iterations": budgets["round"], "set": SMALL_3D,
+                   "filter": {"min_size": 500, "min_sections": 3, "outlier_std": 3.0}},
+    }  # fmt: skip
+    path = work / f"bootstrap_{name}.toml"
+    path.write_text(tomli_w.dumps(config))
+    return Chain(load_bootstrap_config(path), tracking_database(), progress=False)
+
+
+if __name__ == "__main__":
+    main()

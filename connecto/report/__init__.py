@@ -1,0 +1,1 @@
+"""`connecto report`: an experiment as one HTML page with its plots (see `build`)."""
