@@ -66,6 +66,13 @@ def predict_command(
         }  # fmt: skip
         report_jobs(submit_rerun(Path.cwd(), "predict", [], options, wait), waited=wait)
         return
+    from connecto.tasks.setup_predict import setup_predictor
+
+    predict_volumes = setup_predictor(Path.cwd())  # tasks that predict volumes, not synapses
+    if predict_volumes is not None:
+        for line in predict_volumes(Path.cwd(), split, iterations, all_checkpoints, overwrite):
+            typer.echo(line)
+        return
     from connecto.tasks.synapse_classification.predict import predict  # torch: only when predicting
 
     runs = predict(
