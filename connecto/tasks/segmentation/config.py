@@ -6,7 +6,7 @@ logs and lookup tables)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from funlib.geometry import Roi
 from pydantic import Field, model_validator
@@ -46,6 +46,12 @@ class SegmentationTrainConfig(TrainingSettings):
         description="reject and resample batches whose output region has a smaller labelled "
         "fraction (needs sparse_labels or unlabelled_dataset); 0: keep every batch",
     )
+    in_channels: PositiveInt = Field(
+        default=1,
+        description="raw channels: 1 for (z, y, x) EM; C for a (C, z, y, x) multi-channel "
+        "raw (e.g. barcoded light microscopy, raw or enhanced); each channel is normalised by "
+        "its dtype as single-channel raw is, and intensity-augmented on its own",
+    )
     voxel_size: Shape3 = (10, 10, 10)
     train_roi: list[list[int]] | None = Field(
         default=None, description="[[z, y, x] offset nm, [z, y, x] shape nm]"
@@ -65,6 +71,30 @@ class SegmentationTrainConfig(TrainingSettings):
     grow_boundary: Annotated[int, Field(ge=0)] = 1
     batch_size: PositiveInt = 1
     learning_rate: float = Field(default=5e-5, gt=0)
+    channel_augment: dict[str, Any] | None = Field(
+        default=None,
+        description="multi-channel raw: the channel augmentations (shuffle, zero, duplicate, "
+        "intensity, blur, defects) run when augment = true, as a `[channel_augment]` table "
+        "of connecto.tasks.channel_augment.ChannelAugmentConfig's keys (empty: its "
+        "defaults); None: off",
+    )
+
+    @model_validator(mode="after")
+    def _check_channel_augment(self) -> SegmentationTrainConfig:
+        if self.channel_augment is not None:
+            # checked here, imported late: the augment nodes load gunpowder, and this
+            # module is read by the CLI at startup
+            from pydantic import ValidationError
+
+            from connecto.tasks.channel_augment import ChannelAugmentConfig
+
+            try:
+                ChannelAugmentConfig.model_validate(self.channel_augment)
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(f"channel_augment.{where}: {first['msg']}") from None
+        return self
 
     @model_validator(mode="after")
     def _check_shapes(self) -> SegmentationTrainConfig:
@@ -194,9 +224,30 @@ class SegmentConfig(ConfigModel):
     thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)], min_length=1
     )
+    # feature-aware agglomeration (barcodes, embeddings): see connecto.postprocess.features
+    features_container: str | None = Field(
+        default=None,
+        description="zarr/N5 with a (C, z, y, x) feature volume (e.g. enhanced barcodes) on "
+        "the fragments' voxel grid: the agglomerate step stores each fragment's mean on its "
+        "graph node and extract scores edges by affinity and feature distance; None: "
+        "affinities only",
+    )
+    features_dataset: str = "enhanced"
+    feature_distance: Literal["cosine", "euclidean"] = Field(
+        default="cosine", description="distance of two regions' mean features"
+    )
+    affinity_weight: Annotated[float, Field(ge=0)] = Field(
+        default=0.5, description="edge score = affinity_weight * (1 - affinity) + ..."
+    )
+    feature_weight: Annotated[float, Field(ge=0)] = Field(
+        default=0.5, description="... + feature_weight * feature distance + feature_bias"
+    )
+    feature_bias: float = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> SegmentConfig:
+        if self.features_container is not None and self.affinity_weight + self.feature_weight == 0:
+            raise ValueError("affinity_weight and feature_weight are both 0: nothing scores edges")
         for key in ("roi", "validation_roi"):
             value = getattr(self, key)
             if value is not None and (len(value) != 2 or any(len(r) != 3 for r in value)):
@@ -246,7 +297,8 @@ def load_segment_config(path: Path) -> tuple[SegmentConfig, Path]:
     path = path.resolve()
     config = load_config(path, SegmentConfig)
     base = path.parent
-    for key in ("raw_container", "labels_container", "checkpoint", "output_container"):
+    for key in ("raw_container", "labels_container", "checkpoint", "output_container",
+                "features_container"):  # fmt: skip
         value = getattr(config, key)
         if value is not None:
             setattr(config, key, str(base / value))  # an absolute value stays as it is

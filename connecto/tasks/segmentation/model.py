@@ -9,6 +9,7 @@ shapes that do not pool evenly).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +40,26 @@ def output_shape(input_shape: Sequence[int], downsample_factors: Sequence[Sequen
     if any(s <= 0 for s in shape):
         raise ConnectoError(f"input_shape {tuple(input_shape)} is too small for this U-Net")
     return tuple(shape)
+
+
+def raw_channels(raw: Any) -> int:
+    """The channels of a raw volume: 1 for (z, y, x), C for (C, z, y, x)."""
+    extra = len(raw.shape) - raw.voxel_size.dims
+    if extra == 0:
+        return 1
+    if extra == 1:
+        return int(raw.shape[0])
+    raise ConnectoError(f"raw of shape {tuple(raw.shape)}: expected (z, y, x) or (c, z, y, x)")
+
+
+def check_raw_channels(raw: Any, in_channels: int, source: str) -> None:
+    """The model's `in_channels` must be the raw's channel count."""
+    channels = raw_channels(raw)
+    if channels != in_channels:
+        raise ConnectoError(
+            f"{source}: key 'in_channels' = {in_channels}: the raw dataset has {channels} "
+            f"channel(s) (shape {list(raw.shape)}); set in_channels = {channels}"
+        )
 
 
 # per number of spatial dimensions: convolution, pooling, transposed convolution
@@ -124,21 +145,22 @@ class UNet(nn.Module):
 
 
 class MtlsdModel(nn.Module):
-    """raw (b, 1, z, y, x) -> (LSDs (b, 10, ...), affinities (b, n_offsets, ...)), both
-    in [0, 1]; `lsds=False` drops the LSD head (affinities only)."""
+    """raw (b, in_channels, z, y, x) -> (LSDs (b, 10, ...), affinities (b, n_offsets, ...)),
+    both in [0, 1]; `lsds=False` drops the LSD head (affinities only)."""
 
     def __init__(
         self, num_affinities: int, num_fmaps: int = 12, fmap_inc_factor: int = 5,
         downsample_factors: Sequence[Sequence[int]] = ((2, 2, 2), (2, 2, 2)),
-        lsds: bool = True,
+        lsds: bool = True, in_channels: int = 1,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.unet = UNet(1, num_fmaps, fmap_inc_factor, downsample_factors)
+        self.in_channels = in_channels
+        self.unet = UNet(in_channels, num_fmaps, fmap_inc_factor, downsample_factors)
         self.lsd_head = nn.Conv3d(num_fmaps, LSD_CHANNELS, 1) if lsds else None
         self.aff_head = nn.Conv3d(num_fmaps, num_affinities, 1)
 
     def forward(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if raw.dim() == 4:  # gunpowder batches have no channel axis
+        if raw.dim() == 4 and self.in_channels == 1:  # single-channel batches have no channel axis
             raw = raw.unsqueeze(1)
         features = self.unet(raw)
         affs = torch.sigmoid(self.aff_head(features))
@@ -170,4 +192,5 @@ def build_mtlsd(config: object) -> MtlsdModel:
         fmap_inc_factor=config.fmap_inc_factor,  # type: ignore[attr-defined]
         downsample_factors=config.downsample_factors,  # type: ignore[attr-defined]
         lsds=config.lsds,  # type: ignore[attr-defined]
+        in_channels=getattr(config, "in_channels", 1),
     )

@@ -29,9 +29,10 @@ from lsd.train.gp import AddLocalShapeDescriptor
 from connecto import ConnectoError
 from connecto.config import WorkerConfig
 from connecto.data.volumes import RAW_SCALE, RAW_SHIFT, open_configured, raw_scale
+from connecto.tasks.channel_augment import ChannelAugmentConfig, channel_augmentations
 from connecto.tasks.parts import TaskParts, stacked
 from connecto.tasks.segmentation.config import SegmentationTrainConfig
-from connecto.tasks.segmentation.model import MtlsdLoss, build_mtlsd
+from connecto.tasks.segmentation.model import MtlsdLoss, build_mtlsd, check_raw_channels
 
 RAW = gp.ArrayKey("RAW")
 LABELS = gp.ArrayKey("LABELS")
@@ -149,7 +150,13 @@ def augmentations(config: SegmentationTrainConfig) -> gp.BatchFilter:
             rotation_interval=(0, math.pi / 2),
             subsample=4,
         )
-        intensity = gp.IntensityAugment(RAW, 0.9, 1.1, -0.1, 0.1, z_section_wise=anisotropic)
+        if config.in_channels > 1:
+            # each channel (and section, if anisotropic) its own gain and offset: the
+            # channels of light microscopy vary independently
+            slab = (1, 1 if anisotropic else -1, -1, -1)
+            intensity = gp.IntensityAugment(RAW, 0.9, 1.1, -0.1, 0.1, slab=slab)
+        else:
+            intensity = gp.IntensityAugment(RAW, 0.9, 1.1, -0.1, 0.1, z_section_wise=anisotropic)
     axes = [1, 2] if anisotropic else None
     return elastic + gp.SimpleAugment(mirror_only=axes, transpose_only=axes) + intensity
 
@@ -194,6 +201,10 @@ def data_pipeline(
     pipeline = tuple(sources) + gp.MergeProvider() + gp.RandomLocation()
     if config.augment:
         pipeline += augmentations(config)
+        if config.channel_augment is not None:  # raw only: labels have no channels
+            settings = ChannelAugmentConfig.model_validate(config.channel_augment)
+            for node in channel_augmentations(settings, RAW):
+                pipeline += node
     if config.sparse_labels:
         # after the augmentations, so the mask is exactly the labels the targets see, and
         # before GrowBoundary: the boundary it grows between two labels is labelled (0 there
@@ -274,6 +285,7 @@ def open_volumes(config: Any, source: str) -> tuple[Array, Array]:
 def task_parts(config: SegmentationTrainConfig, worker: WorkerConfig, source: str) -> TaskParts:
     """Everything the training driver needs for MTLSD; every check runs here first."""
     raw, labels = open_volumes(config, source)
+    check_raw_channels(raw, config.in_channels, source)
     unlabelled = None
     if config.unlabelled_dataset:
         container_key = next(

@@ -25,10 +25,12 @@ from connecto.experiment import checkpoint_config
 from connecto.postprocess.blockwise import MongoBlockBookkeeping
 from connecto.processes import worker_dies_with_parent
 from connecto.tasks.segmentation.config import SegmentationTrainConfig, SegmentConfig
-from connecto.tasks.segmentation.model import LSD_CHANNELS
+from connecto.tasks.segmentation.model import LSD_CHANNELS, check_raw_channels
 from connecto.tasks.segmentation.steps import StepResult, dataset_path, graph_config, logs_in
 
-MODEL_KEYS = "input_shape, fmaps, fmap_inc_factor, downsample_factors, lsds, neighborhood"
+MODEL_KEYS = (
+    "input_shape, fmaps, fmap_inc_factor, downsample_factors, lsds, neighborhood, in_channels"
+)
 
 
 def load_mtlsd(train: SegmentationTrainConfig, checkpoint: Path, device: str) -> torch.nn.Module:
@@ -100,6 +102,7 @@ def predict_blockwise(config: SegmentConfig, base: Path, overwrite: bool = False
     train = train_config_of(checkpoint)
     raw_container = config.raw_container or train.raw_container
     raw = open_raw(raw_container, config.raw_dataset)
+    check_raw_channels(raw, train.in_channels, f"{checkpoint} (its train config)")
     voxel_size = Coordinate(raw.voxel_size)
     roi = config.total_roi or raw.roi
     if roi != roi.snap_to_grid(voxel_size):

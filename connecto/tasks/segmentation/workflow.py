@@ -38,6 +38,10 @@ from connecto.postprocess.blockwise import (
 )
 from connecto.tasks.segmentation.config import STEPS, SegmentConfig, load_segment_config
 from connecto.tasks.segmentation.evaluate import SegmentationScores, score_segmentation
+from connecto.tasks.segmentation.feature_agglomeration import (
+    feature_edge_scores,
+    store_fragment_features,
+)
 from connecto.tasks.segmentation.run_length import (
     RunLengthScores,
     Skeleton,
@@ -192,7 +196,10 @@ def agglomerate(config: SegmentConfig, base: Path, overwrite: bool = False) -> S
         graph.reset_blocks(task.task_name)
     with logs_in(base / "logs"):
         run_task(task, "agglomerate")
-    return StepResult("agglomerate", False, f"{graph.num_edges()} edges")
+    detail = f"{graph.num_edges()} edges"
+    if config.features_container is not None:  # barcode/embedding-aware agglomeration
+        detail += f"; {store_fragment_features(config, overwrite)}"
+    return StepResult("agglomerate", False, detail)
 
 
 def threshold_name(threshold: float) -> str:
@@ -286,7 +293,9 @@ def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepR
             lut.path.parent.mkdir(parents=True, exist_ok=True)
             with logs_in(base / "logs"):
                 task.drop()  # a new table invalidates the relabelled blocks
-            if scores is None:
+            if scores is None and config.features_container is not None:
+                scores = EdgeScores(*feature_edge_scores(graph, config))
+            elif scores is None:
                 scores = read_edge_scores(graph, config.merge_function)
             lut.save(lookup_table(scores, threshold, config.agglomeration))
             made.append(name)
