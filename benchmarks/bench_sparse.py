@@ -34,6 +34,7 @@ import tomli_w
 import zarr
 
 from benchmarks.bench_segment import H5, _Rows, _timed, _trained_setup
+from connecto import ConnectoError
 from connecto.bootstrap.chain import Chain, load_bootstrap_config
 from connecto.data.ingest import ingest
 from connecto.data.sparsify import sparsify
@@ -173,13 +174,25 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
         labels, fraction, described = _sparse_labels(work, data, name, train_depth)
         print(f"  sparse ({name}): {described}, labelled fraction {fraction:.4f}", flush=True)
         chain = _chain_of(work, name, data, labels, budgets, affs_checkpoint)
-        seconds = _run_chain(chain)
+        try:
+            seconds = _run_chain(chain)
+        except ConnectoError as error:  # a row fails, the others still run
+            print(f"    chain stopped: {error}", flush=True)
+            seconds = 0.0
         record = {d["step"]: d for d in chain.lineage()}
-        affs_checkpoint = affs_checkpoint or record["train-3d"]["stats"]["checkpoint"]
-        for r in (0, 1):
+        if record.get("train-3d", {}).get("state") == "done":
+            affs_checkpoint = affs_checkpoint or record["train-3d"]["stats"]["checkpoint"]
+        for r, step in ((0, "predict-3d"), (1, "round-1-segment")):
+            if record.get(step, {}).get("state") != "done":
+                print(f"    round {r}: not scored ({step} did not finish)", flush=True)
+                continue
             container = chain.round_dir(r) / "segment.zarr"
-            best = _score_affinities(work, f"{name}_round{r}", container, base)
             label = f"sparse {name}, " + ("2D -> 2D->3D" if r == 0 else "round 1")
+            try:
+                best = _score_affinities(work, f"{name}_round{r}", container, base)
+            except ConnectoError as error:
+                print(f"    {label}: not scored: {error}", flush=True)
+                continue
             rows.append((label, best, seconds if r == 1 else 0.0))
             print(f"    labelled fraction {fraction:.4f}", flush=True)
         kept = record.get("round-1-pseudo-labels", {}).get("stats", {})

@@ -76,8 +76,27 @@ def _print(report: SegmentReport) -> None:
         typer.echo(warning)
 
 
+SUBMIT = typer.Option(
+    False, "--submit",
+    help="run this driver as a cluster job (driver_config.toml beside the config); its "
+    "workers go where worker_config.toml says",
+)  # fmt: skip
+WAIT = typer.Option(False, "--wait", help="with --submit: wait; Ctrl-C cancels the job")
+
+
 def _step(*steps: str):  # noqa: ANN202 - a Typer command factory
-    def command(config: Path = CONFIG, overwrite: bool = OVERWRITE) -> None:
+    def command(
+        config: Path = CONFIG, overwrite: bool = OVERWRITE, submit: bool = SUBMIT,
+        wait: bool = WAIT,
+    ) -> None:  # fmt: skip
+        if submit:
+            from cli.jobs import report_jobs
+            from connecto.launch.workers import submit_driver
+
+            name = steps[0] if len(steps) == 1 else "run"
+            args = [name, *(["--overwrite"] if overwrite else [])]
+            report_jobs(submit_driver(config, args, wait=wait), waited=wait)
+            return
         from connecto.tasks.segmentation.workflow import run_steps  # heavy: loads only when used
 
         _print(run_steps(config, steps, overwrite=overwrite))

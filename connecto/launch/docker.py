@@ -54,7 +54,10 @@ class ContainerSpec:
 
 def needs_host_network(env: Mapping[str, str]) -> bool:
     """A loopback MongoDB URI (the embedded server, a tunnel) is reachable from a container
-    only on the host's network; any other host is reachable from the default bridge."""
+    only on the host's network; any other host is reachable from the default bridge. So is
+    a blockwise worker's daisy scheduler listening on the loopback (`DAISY_CONTEXT`)."""
+    if _loopback_scheduler(env.get("DAISY_CONTEXT", "")):
+        return True
     uri = env.get("CONNECTO_MONGO_URI", "")
     if not uri:
         return False
@@ -65,6 +68,18 @@ def needs_host_network(env: Mapping[str, str]) -> bool:
     except Exception:  # a URI pymongo cannot parse fails later with a clear message
         return False
     return any(h.startswith(LOOPBACK) for h in hosts)
+
+
+def _loopback_scheduler(context: str) -> bool:
+    if not context:
+        return False
+    from daisy import Context
+
+    try:
+        host = str(Context.from_env_string(context)["hostname"])
+    except Exception:  # a malformed context fails in the worker with daisy's message
+        return False
+    return host.startswith(LOOPBACK)
 
 
 def client() -> Any:

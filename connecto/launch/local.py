@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,8 +52,13 @@ def connecto_argv() -> list[str]:
 
 
 def resolve_command(command: Sequence[str]) -> list[str]:
+    """`connecto ...` and `python -m connecto.<module> ...` (a blockwise worker) run with
+    this installation; anything else as it is."""
     if command and command[0] == "connecto":
         return [*connecto_argv(), *command[1:]]
+    if len(command) > 2 and command[0] == "python" and command[1] == "-m":
+        if command[2].split(".")[0] == "connecto":
+            return [sys.executable, *command[1:]]
     return list(command)
 
 

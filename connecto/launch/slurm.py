@@ -78,8 +78,17 @@ def to_status(state: str, code: int | None, reason: str | None = None) -> Status
 def sbatch_argv(
     resources: Resources, job_name: str, log_path: Path, script: Path, array_size: int
 ) -> list[str]:
-    argv = ["sbatch", "--parsable", f"--job-name={job_name}"]
-    argv.append(f"--cpus-per-task={resources.num_cpus}")
+    argv = ["sbatch", "--parsable", f"--job-name={job_name}", *resource_flags(resources)]
+    if array_size > 1:
+        argv.append(f"--array=0-{array_size - 1}")
+    # The script appends each task's output to its own log; this file catches only what
+    # happens before (e.g. a working directory that vanished).
+    argv += [f"--output={log_path}", "--open-mode=append", str(script)]
+    return argv
+
+
+def resource_flags(resources: Resources) -> list[str]:
+    argv = [f"--cpus-per-task={resources.num_cpus}"]
     if resources.queue:
         argv.append(f"--partition={resources.queue}")
     if resources.num_gpus:
@@ -88,11 +97,6 @@ def sbatch_argv(
         argv.append(f"--mem={resources.memory_gb}G")
     if resources.time_limit:
         argv.append(f"--time={resources.time_limit}")
-    if array_size > 1:
-        argv.append(f"--array=0-{array_size - 1}")
-    # The script appends each task's output to its own log; this file catches only what
-    # happens before (e.g. a working directory that vanished).
-    argv += [f"--output={log_path}", "--open-mode=append", str(script)]
     return argv
 
 
@@ -112,6 +116,14 @@ class SlurmScheduler:
         if len(tasks) == 1:
             return [job_id]
         return [f"{job_id}_{number}" for number in range(len(tasks))]
+
+    def check(self, resources: Resources, source: str = "worker_config") -> None:
+        """`sbatch --test-only`: a partition or resources the cluster cannot give are
+        refused before anything is submitted (blockwise workers: before the run starts)."""
+        result = run(["sbatch", "--test-only", *resource_flags(resources), "--wrap=true"])
+        if result.returncode != 0:
+            said = " ".join(result.stderr.split()).removeprefix("sbatch: error: ")
+            raise ConnectoError(f"{source}: SLURM refuses these resources: {said}")
 
     def states(self, jobs: Sequence[Mapping[str, object]]) -> dict[str, Status]:
         wanted = {str(job["job_id"]): job for job in jobs}

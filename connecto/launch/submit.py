@@ -88,9 +88,13 @@ def submit_tasks(
     array: bool = True,
     settings: Settings | None = None,
     source: str = "worker_config",
+    extra_env: Mapping[str, str] | None = None,
+    extra_fields: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Submit the tasks with one worker config (one job array where the scheduler has them,
-    else one job per task); returns the job documents recorded in `jobs`."""
+    else one job per task); returns the job documents recorded in `jobs`. `extra_env` goes
+    into the jobs' owner-only env file with the rest (e.g. a blockwise worker's daisy
+    context); `extra_fields` into their documents (e.g. `worker_group`)."""
     if not tasks:
         raise ConnectoError("nothing to submit")
     settings = settings or load_settings()
@@ -99,7 +103,7 @@ def submit_tasks(
     resources = Resources.from_worker(worker)
     db = tracking_database(settings)
     digest = launcher.image_digest()  # also checks the image exists, before anything is written
-    env = launcher.environment(job_environment(settings))
+    env = launcher.environment({**job_environment(settings), **(extra_env or {})})
     for task in tasks:
         task.log_path.parent.mkdir(parents=True, exist_ok=True)
     argvs = [launcher.prepare(task, env) for task in tasks]
@@ -138,6 +142,7 @@ def submit_tasks(
                     "host": socket.gethostname(),
                     "user": getpass.getuser(),
                     "cancel_requested": False,
+                    **(extra_fields or {}),
                 }
             )
             if isinstance(scheduler, LocalScheduler):

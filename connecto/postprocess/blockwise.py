@@ -7,18 +7,23 @@ a zarr beside the logs), so a rerun skips every block a previous run finished.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import daisy
 import networkx as nx
 import numpy as np
 from volara.blockwise import AffAgglom, ExtractFrags, Relabel
+from volara.logging import get_log_basedir
 
 from connecto import ConnectoError
 from connecto.db.columns import packed_pairs
 from connecto.db.graph import MongoDB, MongoDBGraphDataBase
 from connecto.db.tracking import now
+from connecto.launch.workers import WorkerGroup
 from connecto.postprocess.agglomerate import agglomerate_fragments, merge_scores, waterz_affinities
 from connecto.postprocess.fragments import (
     nearest_neighbour_channels,
@@ -221,17 +226,92 @@ def apply_lut(data: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return np.where(keys[index] == data, values[index], data).astype(data.dtype)
 
 
-def run_task(task: Any, what: str) -> None:
+def run_task(task: Any, what: str, workers: WorkerGroup | None = None) -> None:
     """Run a volara task blockwise; a block that failed after daisy's retries is an
-    error, never a quiet success. Its worker processes die with this one."""
-    parallel = task.num_workers > 1
+    error, never a quiet success. Workers are placed as the setup's `worker_config.toml`
+    says (`connecto.launch.workers`; found beside the logs directory unless `workers` is
+    given), else they are local processes that die with this one."""
+    group = workers if workers is not None else worker_group()
+    parallel = task.num_workers > 1 or group is not None
     # volara's serial path uses a daisy 1.x monitor that daisy 2 lacks: run it here
     with task.task(multiprocessing=parallel) as daisy_task:
-        if parallel:
-            daisy_task.process_function = worker_dies_with_parent(daisy_task.process_function)
-        succeeded = daisy.run_blockwise([daisy_task], multiprocessing=parallel)
-    if not succeeded:
-        raise ConnectoError(
-            f"{what}: some blocks failed (see the worker logs under the logs directory); "
-            "rerun to retry them, finished blocks are skipped"
-        )
+        run_daisy_task(daisy_task, what, parallel, group)
+
+
+def worker_group() -> WorkerGroup | None:
+    """The remote workers of a run logging under `<setup>/logs` (see `logs_in`)."""
+    log_dir = get_log_basedir()
+    return WorkerGroup.for_logs(Path(log_dir)) if log_dir is not None else None
+
+
+def run_daisy_task(
+    daisy_task: daisy.Task, what: str, parallel: bool, group: WorkerGroup | None = None
+) -> None:
+    """Run one daisy task with its workers as `group` places them (None: local processes,
+    `parallel` or in this process); raise naming the blocks that are still not done."""
+    if group is not None:
+        daisy_task.process_function = group.spawner(daisy_task.process_function, daisy_task.task_id)
+    elif parallel:
+        daisy_task.process_function = worker_dies_with_parent(daisy_task.process_function)
+    with group.running() if group is not None else contextlib.nullcontext():
+        try:
+            if group is not None:  # never raises for a task daisy gave up: its state says
+                states = daisy.Server().run_blockwise([daisy_task])
+            else:
+                states = daisy.run_blockwise([daisy_task], multiprocessing=parallel,
+                                             return_states=True)  # fmt: skip
+        except RuntimeError as error:  # daisy gave up: its workers kept failing
+            states = {"": str(error).strip().splitlines()[0]}
+    state = states.get(daisy_task.task_id)
+    if state is not None and state.completed_count == state.total_block_count:
+        return
+    raise ConnectoError(failure_message(daisy_task, what, group, state or states.get("")))
+
+
+def unfinished_blocks(daisy_task: daisy.Task) -> list[int] | None:
+    """The ids of the task's blocks that its check function does not find done (None
+    without a check function)."""
+    check = daisy_task.check_function
+    if check is None:
+        return None
+    graph = daisy.BlockwiseDependencyGraph(
+        daisy_task.task_id, daisy_task.read_roi, daisy_task.write_roi,
+        daisy_task.read_write_conflict, daisy_task.fit, total_read_roi=daisy_task.total_roi,
+    )  # fmt: skip
+    return sorted(b.block_id[1] for b, _ in graph.enumerate_all_dependencies() if not check(b))
+
+
+def error_line(text: str) -> str:
+    """The line of a traceback (or a log tail) that names the error."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (named or lines or [""])[-1]
+
+
+def failure_message(
+    daisy_task: daisy.Task, what: str, group: WorkerGroup | None, state: Any
+) -> str:
+    """One line: which blocks are not done, why daisy stopped, where the logs are. `state`
+    is daisy's TaskState, or the message daisy raised with."""
+    missing = unfinished_blocks(daisy_task)
+    abandoned = state if isinstance(state, str) else None
+    if state is not None and not isinstance(state, str) and state.abandoned:
+        abandoned = (state.abandon_reason or "").strip().splitlines()[0]
+        last = error_line(state.last_worker_error or "")
+        if last:
+            abandoned += f"; last worker error: {last}"
+    tries = "" if abandoned else f" after {daisy_task.max_retries + 1} tries"
+    if missing is None:
+        blocks = "some blocks failed"
+    else:
+        shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
+        blocks = f"{len(missing)} block(s) not done{tries} (block ids {shown})"
+    log_dir = get_log_basedir()
+    where = f"block tracebacks in {Path(log_dir) / daisy_task.task_id}/" if log_dir else ""
+    if group is not None:
+        failed = [j for j in group.jobs() if j["state"] not in ("completed", "cancelled")]
+        where += f"; worker job logs in {group.directory}/"
+        if failed:
+            where += f" ({len(failed)} worker job(s) failed, e.g. {failed[-1]['log_path']})"
+    gave_up = f" daisy gave up: {abandoned.rstrip('.')}." if abandoned else ""
+    return f"{what}: {blocks};{gave_up} {where}; rerun to retry them, finished blocks are skipped"

@@ -22,8 +22,7 @@ from connecto import ConnectoError
 from connecto.checkpoints import default_device
 from connecto.data.volumes import normalize_raw, open_raw, prepare_channels
 from connecto.experiment import checkpoint_config
-from connecto.postprocess.blockwise import MongoBlockBookkeeping
-from connecto.processes import worker_dies_with_parent
+from connecto.postprocess.blockwise import MongoBlockBookkeeping, run_daisy_task, worker_group
 from connecto.tasks.segmentation.config import SegmentationTrainConfig, SegmentConfig
 from connecto.tasks.segmentation.model import LSD_CHANNELS, check_raw_channels
 from connecto.tasks.segmentation.steps import StepResult, dataset_path, graph_config, logs_in
@@ -139,17 +138,14 @@ def predict_blockwise(config: SegmentConfig, base: Path, overwrite: bool = False
         total_roi=roi.grow(context, context),
         read_roi=Roi((0, 0, 0), write).grow(context, context),
         write_roi=Roi((0, 0, 0), write),
-        # workers started by daisy die with this process (not a multiprocessing fork)
-        process_function=worker_dies_with_parent(process) if config.num_workers > 1 else process,
+        process_function=process,
         check_function=bookkeeping.check_block_func(),
         read_write_conflict=False,
         fit="overhang",
         max_workers=config.num_workers,
         max_retries=2,
     )
-    with logs_in(base / "logs"):
-        succeeded = daisy.run_blockwise([task], multiprocessing=config.num_workers > 1)
-    if not succeeded:
-        raise ConnectoError("predict: some blocks failed (see the logs); rerun to retry them")
+    with logs_in(base / "logs"):  # workers where worker_config.toml beside it says
+        run_daisy_task(task, "predict", config.num_workers > 1, worker_group())
     done = graph_db.open("r").blocks_done(task_name)
     return StepResult("predict", False, f"{affs_path}: {done} blocks done")
