@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DRIVER_GONE_BOUND_S = 30  # connecto.launch.workers.DRIVER_GONE_BOUND_S
 CONNECTO = [sys.executable, "-m", "cli.main"]
-NEUROPROOF = Path("/work/shared/data/neuroproof_medulla_ts2/neuroproof_ts2_raw_gt.h5")
+NEUROPROOF = REPO.parent / "shared" / "data" / "neuroproof_medulla_ts2" / "neuroproof_ts2_raw_gt.h5"
 BLOCK = 32
 OFFSET = 1000  # nm; 10 nm voxels
 
