@@ -10,6 +10,7 @@ from cli import bootstrap as bootstrap_cli
 from cli import config as config_cli
 from cli import data as data_cli
 from cli import db as db_cli
+from cli import detect as detect_cli
 from cli import embed as embed_cli
 from cli import evaluate as evaluate_cli
 from cli import experiment as experiment_cli
@@ -42,6 +43,7 @@ for module in (
     view_cli,
     predict_cli,
     evaluate_cli,
+    detect_cli,
     embed_cli,
     segment_cli,
     bootstrap_cli,

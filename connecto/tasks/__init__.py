@@ -32,6 +32,8 @@ TASKS: dict[str, str] = {
     "synapse-contrastive": "synapse_contrastive",
     "barcode-enhancement": "barcode_enhancement",
     "barcode-expression": "barcode_expression",
+    "pixel-embedding": "pixel_embedding",
+    "synapse-detection": "synapse_detection",
 }
 DEFAULT_TASK = "synapse-classification"  # synister's train configs name no task
 
