@@ -121,23 +121,29 @@ class DuplicateChannels(_ChannelNode):
 class ChannelIntensityAugment(_ChannelNode):
     """Per channel: `mean + (value - mean) * scale + shift`, scale and shift drawn per
     channel (gunpowder's IntensityAugment, one draw per channel); raw in [0, 1], clipped
-    back into it with `clip`."""
+    back into it with `clip`. Arrays in `follow` (per-channel targets in raw's units, such
+    as an object's average of raw) take the same map: a network that sees one channel
+    cannot tell an augmented gain from a real one, so the target must carry it too."""
 
     def __init__(
         self, raw: gp.ArrayKey, scale: tuple[float, float] = (0.8, 1.2),
         shift: tuple[float, float] = (-0.1, 0.1), clip: bool = True, p: float = 1.0,
+        follow: Sequence[gp.ArrayKey] = (),
     ) -> None:  # fmt: skip
         super().__init__(raw, p=p)
         self.scale, self.shift, self.clip = scale, shift, clip
+        self.follow = tuple(follow)
 
     def augment(self, rng: np.random.Generator, batch: gp.Batch) -> None:
-        data = batch[self.raw].data.astype(np.float32, copy=True)
-        for channel in data:
-            mean = channel.mean()
-            channel -= mean
-            channel *= rng.uniform(*self.scale)
-            channel += mean + rng.uniform(*self.shift)
-        batch[self.raw].data = np.clip(data, 0, 1) if self.clip else data
+        keys = (self.raw, *(key for key in self.follow if key in batch))
+        arrays = [batch[key].data.astype(np.float32, copy=True) for key in keys]
+        for c in range(arrays[0].shape[0]):
+            mean = arrays[0][c].mean()
+            scale, shift = rng.uniform(*self.scale), rng.uniform(*self.shift)
+            for data in arrays:
+                data[c] = mean + (data[c] - mean) * scale + shift
+        for key, data in zip(keys, arrays, strict=True):
+            batch[key].data = np.clip(data, 0, 1) if self.clip else data
 
 
 class ChannelBlur(_ChannelNode):
@@ -283,11 +289,12 @@ class ChannelAugmentConfig(ConfigModel):
 
 def channel_augmentations(
     config: ChannelAugmentConfig, raw: gp.ArrayKey, targets: Sequence[gp.ArrayKey] = (),
-    masks: Sequence[gp.ArrayKey] = (),
+    masks: Sequence[gp.ArrayKey] = (), intensity_targets: Sequence[gp.ArrayKey] = (),
 ) -> list[gp.BatchFilter]:  # fmt: skip
     """The nodes `config` asks for, in the order they make sense: channel identity first
     (shuffle, duplicate), then raw's appearance (intensity, blur, defects), and signal loss
-    last so that nothing after it puts signal back into a zeroed region."""
+    last so that nothing after it puts signal back into a zeroed region. `intensity_targets`
+    take raw's channel-wise intensity map (targets in raw's units)."""
     nodes: list[gp.BatchFilter] = []
     if config.shuffle:
         nodes.append(ShuffleChannels(raw, targets, masks))
@@ -296,7 +303,8 @@ def channel_augmentations(
                                        max_channels=config.duplicate_max_channels))  # fmt: skip
     if config.intensity_probability:
         nodes.append(ChannelIntensityAugment(raw, config.intensity_scale, config.intensity_shift,
-                                             p=config.intensity_probability))  # fmt: skip
+                                             p=config.intensity_probability,
+                                             follow=intensity_targets))  # fmt: skip
     if config.blur_probability:
         nodes.append(ChannelBlur(raw, config.blur_sigma, config.blur_probability))
     if config.defect_probability:

@@ -138,6 +138,19 @@ def test_intensity_is_one_affine_map_per_channel_and_leaves_targets_alone():
     assert np.array_equal(out[TARGET], run(ShuffleChannels(RAW, p=0.0), data)[TARGET])
 
 
+def test_targets_in_raw_units_take_raw_s_intensity_map():
+    data = channel_data("random")
+    out = run(ChannelIntensityAugment(RAW, (0.5, 1.5), (-0.2, 0.2), clip=False,
+                                      follow=[TARGET]), data)  # fmt: skip
+    inside = tuple(slice(o // v, (o + s) // v) for o, s, v in
+                   zip(OUTPUT.offset, OUTPUT.shape, VOXEL_SIZE, strict=True))  # fmt: skip
+    for c in range(CHANNELS):
+        before, after = data[RAW][c], out[RAW][c]
+        slope, intercept = np.polyfit(before.ravel(), after.ravel(), 1)
+        target = data[TARGET][(c, *inside)]
+        np.testing.assert_allclose(out[TARGET][c], slope * target + intercept, atol=1e-4)
+
+
 def test_blur_keeps_constant_channels_and_smooths_noise():
     data = channel_data("random")
     data[RAW][0] = 0.5

@@ -181,10 +181,12 @@ def open_channel_data(
 
 
 def data_pipeline(
-    config: ChannelAgnosticSettings, data: ChannelData, residual: bool, cache_workers: int = 0
+    config: ChannelAgnosticSettings, data: ChannelData, residual: bool, cache_workers: int = 0,
+    target_in_raw_units: bool = False,
 ) -> tuple[gp.Pipeline, list[gp.ArrayKey]]:  # fmt: skip
     """Batches of RAW (b, C, z, y, x) in [0, 1], TARGET and WEIGHTS (b, C, z', y', x');
-    also returns the mask keys (for the request)."""
+    also returns the mask keys (for the request). `target_in_raw_units`: TARGET takes raw's
+    channel-wise intensity augmentation (an average of raw does; a 0/1 target does not)."""
     mask_keys = [gp.ArrayKey(f"MASK_{i}") for i in range(len(data.masks))]
     raw_source = (
         gp.ArraySource(RAW, data.raw, interpolatable=True)
@@ -208,7 +210,9 @@ def data_pipeline(
     if config.augment:
         plane = [1, 2]  # z may be anisotropic
         pipeline += gp.SimpleAugment(mirror_only=plane, transpose_only=plane)
-        for node in channel_augmentations(config.channel_augment, RAW, [TARGET], [WEIGHTS]):
+        follow = [TARGET] if target_in_raw_units else []
+        for node in channel_augmentations(config.channel_augment, RAW, [TARGET], [WEIGHTS],
+                                          follow):  # fmt: skip
             pipeline += node
     if residual:
         pipeline += SubtractRaw(RAW, TARGET)
@@ -234,12 +238,13 @@ def masked_fraction(batch: gp.Batch) -> dict[str, float]:
 
 def channel_task_parts(
     config: ChannelAgnosticSettings, worker: WorkerConfig, data: ChannelData, residual: bool,
-    loss: torch.nn.Module,
+    loss: torch.nn.Module, target_in_raw_units: bool = False,
 ) -> TaskParts:  # fmt: skip
     """What the driver needs for a channel-agnostic task on `data` (snapshots hold the
     network's output as it is: residual, average or logits)."""
     model = build_model(config)
-    pipeline, _ = data_pipeline(config, data, residual, worker.num_cache_workers)
+    pipeline, _ = data_pipeline(config, data, residual, worker.num_cache_workers,
+                                target_in_raw_units)  # fmt: skip
     snapshot_keys = (("raw", RAW), ("target", TARGET), ("weights", WEIGHTS),
                      ("prediction", PREDICTION))  # fmt: skip
     return TaskParts(
@@ -263,4 +268,6 @@ def task_parts(
     """Everything the training driver needs; every check runs here first."""
     data = open_channel_data(config, config.target_dataset, "target_dataset",
                              [(config.mask_dataset, "mask_dataset")], source)  # fmt: skip
-    return channel_task_parts(config, worker, data, config.residual, MaskedMseLoss())
+    return channel_task_parts(
+        config, worker, data, config.residual, MaskedMseLoss(), target_in_raw_units=True
+    )  # the average of raw: its units
