@@ -120,6 +120,15 @@ def gt_affinities(
     _print(make_gt_affinities(config, overwrite, degrade, seed))
 
 
+@app.command("embedding-affinities")
+def embedding_affinities(config: Path = CONFIG, overwrite: bool = OVERWRITE) -> None:
+    """Affinities from the embeddings in features_container/features_dataset (cosine
+    similarity of neighbouring voxels): segment without an affinity network."""
+    from connecto.tasks.pixel_embedding.segment import make_embedding_affinities
+
+    _print(make_embedding_affinities(config, overwrite))
+
+
 HELP = {
     "predict": "Affinities (and LSDs) from the checkpoint, blockwise, resumable.",
     "fragments": "Fragments per block (watershed on the boundary distance, or mutex "
