@@ -12,7 +12,7 @@ clipped to [0, 1].
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from funlib.geometry import Coordinate, Roi
+from funlib.geometry import Roi
 from funlib.persistence import Array, open_ds
-from tqdm import tqdm
 
 from connecto import ConnectoError
 from connecto.checkpoints import default_device, load_weights, read_checkpoint
-from connecto.data.volumes import open_container, open_raw, prepare_channels, raw_scale
+from connecto.data.volumes import open_container, open_raw, prepare_channels
 from connecto.experiment import PredictSetup, TrainSetup, checkpoint_config, find_setup
 from connecto.tasks.barcode_enhancement.config import (
     BarcodeEnhancementTrainConfig,
@@ -39,6 +38,7 @@ from connecto.tasks.barcode_enhancement.model import (
     build_model,
 )
 from connecto.tasks.barcode_enhancement.pipeline import barcode_channels
+from connecto.tasks.tiles import plan_tiles, predict_tiles
 
 ENHANCED_DATASET = "enhanced"
 SPLITS = ("validation", "test")
@@ -64,25 +64,6 @@ def load_model(
     return model.to(device).eval()
 
 
-def _tiles(roi: Roi, step: Coordinate) -> Iterator[Roi]:
-    for z in range(roi.begin[0], roi.end[0], step[0]):
-        for y in range(roi.begin[1], roi.end[1], step[1]):
-            for x in range(roi.begin[2], roi.end[2], step[2]):
-                yield Roi((z, y, x), step)
-
-
-def checked_roi(roi: Roi | None, raw: Array, what: str) -> Roi:
-    """`roi` (default: raw's), refused unless on raw's voxel grid and inside it."""
-    voxel_size = Coordinate(raw.voxel_size)
-    roi = raw.roi if roi is None else roi
-    zero = Coordinate((0,) * voxel_size.dims)
-    if (roi.offset - raw.roi.offset) % voxel_size != zero or roi.shape % voxel_size != zero:
-        raise ConnectoError(f"{what}: roi {roi} is not on the {tuple(voxel_size)} nm voxel grid")
-    if not raw.roi.contains(roi):
-        raise ConnectoError(f"{what}: roi {roi} is not inside the raw volume {raw.roi}")
-    return roi
-
-
 def predict_channels(
     model: torch.nn.Module, config: ChannelAgnosticSettings, raw: Array, out_path: Path,
     to_output: ToOutput, roi: Roi | None = None, attrs: dict[str, Any] | None = None,
@@ -90,34 +71,20 @@ def predict_channels(
 ) -> ChannelPrediction:  # fmt: skip
     """Predict `roi` of `raw` (C, z, y, x) with `model` into `out_path` (uint8, C channels);
     `to_output` turns the network's output into values in [0, 1]."""
-    if len(raw.shape) != 4:
-        raise ConnectoError(f"raw: shape {tuple(raw.shape)}, expected (C, z, y, x)")
-    voxel_size = Coordinate(raw.voxel_size)
-    if config.voxel_size is not None and Coordinate(config.voxel_size) != voxel_size:
-        raise ConnectoError(
-            f"raw: voxel size {list(voxel_size)} differs from the model's training data "
-            f"({list(config.voxel_size)})"
-        )
-    roi = checked_roi(roi, raw, str(out_path))
-    if out_path.exists() and not overwrite:
-        raise ConnectoError(f"{out_path} exists; pass overwrite (--overwrite) to replace it")
-    out_shape = Coordinate(config.network_output_shape)
-    context = (Coordinate(config.input_shape) - out_shape) * voxel_size / 2
+    plan = plan_tiles(config, raw, roi, out_path, overwrite)
     channels = int(raw.shape[0])
-    out = prepare_channels(out_path, channels, roi, voxel_size, out_shape, attrs or {}, True)
-    scale = raw_scale(raw.dtype)
-    tiles = list(_tiles(roi, out_shape * voxel_size))
-    for tile in tqdm(tiles, desc="predict", unit="tile", disable=not progress):
-        data = raw.to_ndarray(tile.grow(context, context), fill_value=0).astype(np.float32)
-        data *= np.float32(scale)
+    out = prepare_channels(out_path, channels, plan.roi, plan.voxel_size, plan.out_shape,
+                           attrs or {}, True)  # fmt: skip
+    inner = plan.inner()
+
+    def run(data: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             prediction = model(torch.from_numpy(data)[None].to(device))[0].cpu().numpy()
-        inner = (slice(None), *Roi(context / voxel_size, out_shape).to_slices())
         values = np.clip(to_output(data[inner], prediction), 0, 1)
-        write = tile.intersect(roi)
-        crop = (slice(None), *((write - tile.offset) / voxel_size).to_slices())
-        out[write] = (values[crop] * 255).round().astype(np.uint8)
-    return ChannelPrediction(out_path, roi, channels, len(tiles))
+        return (values * 255).round().astype(np.uint8)
+
+    tiles = predict_tiles(plan, raw, out, run, progress)
+    return ChannelPrediction(out_path, plan.roi, channels, tiles)
 
 
 def enhance_output(residual: bool) -> ToOutput:

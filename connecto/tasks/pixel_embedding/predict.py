@@ -17,16 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from funlib.geometry import Coordinate, Roi
+from funlib.geometry import Roi
 from funlib.persistence import Array, prepare_ds
-from tqdm import tqdm
 
 from connecto import ConnectoError
 from connecto.checkpoints import default_device, load_weights, read_checkpoint
-from connecto.data.volumes import open_raw, raw_scale
+from connecto.data.volumes import open_raw
 from connecto.experiment import checkpoint_config
 from connecto.tasks.barcode_enhancement.pipeline import barcode_channels
-from connecto.tasks.barcode_enhancement.predict import checked_roi, setup_predictions
+from connecto.tasks.barcode_enhancement.predict import setup_predictions
 from connecto.tasks.pixel_embedding.config import PixelEmbeddingTrainConfig
 from connecto.tasks.pixel_embedding.model import (
     MODEL_KEYS,
@@ -35,6 +34,7 @@ from connecto.tasks.pixel_embedding.model import (
     unit_embedding,
 )
 from connecto.tasks.segmentation.steps import ensure_group
+from connecto.tasks.tiles import plan_tiles, predict_tiles
 
 EMBEDDING_DATASET = "embedding"
 
@@ -55,16 +55,6 @@ def load_model(
     return model.to(device).eval()
 
 
-def tiles(roi: Roi, step: Coordinate) -> list[Roi]:
-    """`roi` covered by tiles of `step` nm (the last ones reach beyond it)."""
-    return [
-        Roi((z, y, x), step)
-        for z in range(roi.begin[0], roi.end[0], step[0])
-        for y in range(roi.begin[1], roi.end[1], step[1])
-        for x in range(roi.begin[2], roi.end[2], step[2])
-    ]
-
-
 def predict_embedding_volume(
     model: torch.nn.Module, config: PixelEmbeddingTrainConfig, raw: Array, out_path: Path,
     roi: Roi | None = None, attrs: dict[str, Any] | None = None, device: str = "cpu",
@@ -77,37 +67,23 @@ def predict_embedding_volume(
             f"raw: shape {tuple(raw.shape)}, expected ({config.in_channels}, z, y, x) "
             "(in_channels of the model's train config)"
         )
-    voxel_size = Coordinate(raw.voxel_size)
-    if config.voxel_size is not None and Coordinate(config.voxel_size) != voxel_size:
-        raise ConnectoError(
-            f"raw: voxel size {list(voxel_size)} differs from the model's training data "
-            f"({list(config.voxel_size)})"
-        )
-    roi = checked_roi(roi, raw, str(out_path))
-    if out_path.exists() and not overwrite:
-        raise ConnectoError(f"{out_path} exists; pass overwrite (--overwrite) to replace it")
-    out_shape = Coordinate(config.network_output_shape)
-    context = (Coordinate(config.input_shape) - out_shape) * voxel_size / 2
+    plan = plan_tiles(config, raw, roi, out_path, overwrite)
     dims = config.embedding_dims
     ensure_group(out_path.parent)  # a zarr group: `connecto segment` opens the container
     out = prepare_ds(
-        out_path, shape=(dims, *(roi.shape / voxel_size)), offset=roi.offset,
-        voxel_size=voxel_size, axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
-        chunk_shape=(dims, *out_shape), dtype=np.float32, mode="w",
+        out_path, shape=(dims, *(plan.roi.shape / plan.voxel_size)), offset=plan.roi.offset,
+        voxel_size=plan.voxel_size, axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
+        chunk_shape=(dims, *plan.out_shape), dtype=np.float32, mode="w",
     )  # fmt: skip
     out._source_data.attrs.update(attrs or {})
-    scale = np.float32(raw_scale(raw.dtype))
-    chosen = tiles(roi, out_shape * voxel_size)
-    for tile in tqdm(chosen, desc="predict", unit="tile", disable=not progress):
-        data = raw.to_ndarray(tile.grow(context, context), fill_value=0).astype(np.float32)
-        data *= scale
+
+    def run(data: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             output = unit_embedding(model(torch.from_numpy(data)[None].to(device)))
-        values = output[0].cpu().numpy()
-        write = tile.intersect(roi)
-        crop = (slice(None), *((write - tile.offset) / voxel_size).to_slices())
-        out[write] = values[crop]
-    return EmbeddingPrediction(out_path, roi, dims, len(chosen))
+        return output[0].cpu().numpy()
+
+    tiles = predict_tiles(plan, raw, out, run, progress)
+    return EmbeddingPrediction(out_path, plan.roi, dims, tiles)
 
 
 def predict_embedding(

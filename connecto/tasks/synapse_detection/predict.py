@@ -20,13 +20,12 @@ import numpy as np
 import torch
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds
-from tqdm import tqdm
 
 from connecto import ConnectoError
 from connecto.checkpoints import default_device, load_weights, read_checkpoint
-from connecto.data.volumes import open_raw, prepare_channels, raw_scale
+from connecto.data.volumes import open_raw, prepare_channels
 from connecto.experiment import TrainSetup, find_setup
-from connecto.tasks.barcode_enhancement.predict import checked_roi, setup_predictions
+from connecto.tasks.barcode_enhancement.predict import setup_predictions
 from connecto.tasks.synapse_detection.config import SynapseDetectionTrainConfig
 from connecto.tasks.synapse_detection.detect import (
     DETECTION_PREFIX,
@@ -37,6 +36,7 @@ from connecto.tasks.synapse_detection.detect import (
 )
 from connecto.tasks.synapse_detection.model import MODEL_KEYS, OUT_CHANNELS, build_model
 from connecto.tasks.synapse_detection.pipeline import marker_array, marker_channels
+from connecto.tasks.tiles import plan_tiles, predict_tiles
 
 PROBABILITY_DATASET = "synapse_probability"
 
@@ -72,32 +72,18 @@ def predict_probability(
     overwrite: bool = False, progress: bool = False,
 ) -> SynapsePrediction:  # fmt: skip
     """Mask and contour probabilities of `roi` of `markers` (2, z, y, x) into `out_path`."""
-    voxel_size = Coordinate(markers.voxel_size)
-    if config.voxel_size is not None and Coordinate(config.voxel_size) != voxel_size:
-        raise ConnectoError(
-            f"markers: voxel size {list(voxel_size)} differs from the model's training data "
-            f"({list(config.voxel_size)})"
-        )
-    roi = checked_roi(roi, markers, str(out_path))
-    if out_path.exists() and not overwrite:
-        raise ConnectoError(f"{out_path} exists; pass overwrite (--overwrite) to replace it")
-    out_shape = Coordinate(config.network_output_shape)
-    context = (Coordinate(config.input_shape) - out_shape) * voxel_size / 2
-    out = prepare_channels(out_path, OUT_CHANNELS, roi, voxel_size, out_shape, attrs or {}, True)
-    scale = np.float32(raw_scale(markers.dtype))
-    step = out_shape * voxel_size
-    tiles = [Roi((z, y, x), step) for z in range(roi.begin[0], roi.end[0], step[0])
-             for y in range(roi.begin[1], roi.end[1], step[1])
-             for x in range(roi.begin[2], roi.end[2], step[2])]  # fmt: skip
-    for tile in tqdm(tiles, desc="predict", unit="tile", disable=not progress):
-        data = markers.to_ndarray(tile.grow(context, context), fill_value=0).astype(np.float32)
+    plan = plan_tiles(config, markers, roi, out_path, overwrite, "markers")
+    out = prepare_channels(out_path, OUT_CHANNELS, plan.roi, plan.voxel_size, plan.out_shape,
+                           attrs or {}, True)  # fmt: skip
+
+    def run(data: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            logits = model(torch.from_numpy(data * scale)[None].to(device))[0]
+            logits = model(torch.from_numpy(data)[None].to(device))[0]
             values = torch.sigmoid(logits).cpu().numpy()
-        write = tile.intersect(roi)
-        crop = (slice(None), *((write - tile.offset) / voxel_size).to_slices())
-        out[write] = (values[crop] * 255).round().astype(np.uint8)
-    return SynapsePrediction(out_path, roi, len(tiles))
+        return (values * 255).round().astype(np.uint8)
+
+    tiles = predict_tiles(plan, markers, out, run, progress)
+    return SynapsePrediction(out_path, plan.roi, tiles)
 
 
 def assignment_arrays(config: SynapseDetectionTrainConfig, roi: Roi) -> tuple[Array, Array]:
