@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -182,35 +183,40 @@ def cancel_jobs(db: Database, jobs: Sequence[dict[str, Any]]) -> list[dict[str, 
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A driver stopped with SIGTERM cancels its jobs like one stopped with Ctrl-C."""
+def _interrupts_noted() -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM while waiting are noted and acted on between database calls: an
+    interrupt raised inside a pymongo call can leave its connection pool locked, and the
+    cancel that follows would hang. Outside the main thread nothing is installed."""
+    noted = threading.Event()
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def note(signum: int, frame: object) -> None:
+        noted.set()
 
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: nothing to install
-        yield
+        previous = [(s, signal.signal(s, note)) for s in (signal.SIGINT, signal.SIGTERM)]
+    except ValueError:  # not the main thread: Ctrl-C stays a KeyboardInterrupt
+        yield noted
         return
     try:
-        yield
+        yield noted
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous:
+            signal.signal(sig, handler)
 
 
 def wait_for_jobs(
     db: Database, jobs: Sequence[dict[str, Any]], poll_s: float = 0.25, quiet: bool = False
 ) -> list[dict[str, Any]]:
     """Block until every job is final, reporting state changes on stderr. Ctrl-C (or
-    SIGTERM) cancels the unfinished jobs, marks them cancelled and re-raises."""
+    SIGTERM) cancels the unfinished jobs, marks them cancelled and raises
+    KeyboardInterrupt."""
     current = list(jobs)
     seen = {job["_id"]: job.get("state") for job in current}
     warned: set[str] = set()
     start = time.monotonic()
-    with _sigterm_as_interrupt():
+    with _interrupts_noted() as interrupted:
         try:
-            while True:
+            while not interrupted.is_set():
                 current = refresh_jobs(db, current)
                 for line in stale_warnings(current):
                     if line not in warned and not quiet:
@@ -228,8 +234,9 @@ def wait_for_jobs(
                     seen[job["_id"]] = job["state"]
                 if all(job["state"] in FINAL_STATES for job in current):
                     return current
-                time.sleep(poll_s)
+                interrupted.wait(poll_s)
                 poll_s = min(poll_s * 1.5, MAX_POLL_S)
+            raise KeyboardInterrupt
         except KeyboardInterrupt:
             # Ignore further signals while cancelling: a second Ctrl-C must not orphan jobs.
             with _ignoring_signals():
