@@ -47,7 +47,9 @@ def predict_command(
     ),
 ) -> None:
     """Predict every synapse of a split part, run in a train setup (one predict setup per
-    checkpoint, created or reused) or in a predict setup. An interrupted run resumes."""
+    checkpoint, created or reused) or in a predict setup. An interrupted run resumes.
+    In a setup of a volume task (barcode enhancement or expression, pixel embedding,
+    synapse detection) predict the split's region into 03_predict/ instead."""
     if more_iterations and not iterations:
         raise typer.BadParameter(
             f"{' '.join(map(str, more_iterations))}: iterations come after --iterations/-i "
