@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,11 +143,16 @@ def test_the_chain_runs_records_its_lineage_and_resumes(
     made = connecto("bootstrap", "predict-2d", checkpoint_2d, config.raw_container, out)
     assert made.returncode == 0, made.stderr
     for name in ("affs_2d", "lsds_2d"):
-        mine, chains = open_ds(out / name), open_ds(stack / name)
-        np.testing.assert_array_equal(mine.to_ndarray(mine.roi), chains.to_ndarray(chains.roi))
+        assert_same_predictions(open_ds(out / name), open_ds(stack / name))
     checkpoint_3d = lineage["train-3d"]["stats"]["checkpoint"]
     made = connecto("bootstrap", "predict-3d", checkpoint_3d, stack, out)
     assert made.returncode == 0, made.stderr
     chains = open_ds(Path(lineage["predict-3d"]["outputs"]["affs"]))
-    mine = open_ds(out / "affs")
-    np.testing.assert_array_equal(mine.to_ndarray(mine.roi), chains.to_ndarray(chains.roi))
+    assert_same_predictions(open_ds(out / "affs"), chains)
+
+
+def assert_same_predictions(mine: Any, chains: Any) -> None:
+    """Equal uint8 predictions, but for a value on a rounding edge: a process with other
+    torch threads sums in another order, and such a value may move by one."""
+    difference = mine.to_ndarray(mine.roi).astype(int) - chains.to_ndarray(chains.roi)
+    assert np.abs(difference).max() <= 1 and np.count_nonzero(difference) <= 10
