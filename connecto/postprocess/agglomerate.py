@@ -126,6 +126,23 @@ def merge_scores(n_fragments: int, history: list[dict], u: np.ndarray, v: np.nda
     return scores
 
 
+def boundary_statistics(
+    n_fragments: int, u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.ndarray
+) -> list[dict[int, list[float]]]:
+    """Per fragment, its neighbours' [affinity sum, count] over their shared boundary,
+    summed over the edge rows of every block (one list shared by both ends)."""
+    neighbours: list[dict[int, list[float]]] = [{} for _ in range(n_fragments + 1)]
+    rows = zip(u.tolist(), v.tolist(), sums.tolist(), counts.tolist(), strict=True)
+    for a, b, total, count in rows:
+        if a == b or count == 0:
+            continue
+        stats = neighbours[a].setdefault(b, [0.0, 0.0])
+        stats[0] += total
+        stats[1] += count
+        neighbours[b][a] = stats
+    return neighbours
+
+
 def mean_affinity_history(
     n_fragments: int, u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.ndarray
 ) -> list[dict]:
@@ -136,15 +153,7 @@ def mean_affinity_history(
     remain. The statistics are exact sums over the blocks, so this equals waterz on the
     whole volume (with the same fragments), blockwise. Returns the merge history in
     waterz's form ({a, b, c, score})."""
-    neighbours: list[dict[int, list[float]]] = [{} for _ in range(n_fragments + 1)]
-    rows = zip(u.tolist(), v.tolist(), sums.tolist(), counts.tolist(), strict=True)
-    for a, b, total, count in rows:
-        if a == b or count == 0:
-            continue
-        stats = neighbours[a].setdefault(b, [0.0, 0.0])
-        stats[0] += total
-        stats[1] += count
-        neighbours[b][a] = stats  # one list shared by both ends
+    neighbours = boundary_statistics(n_fragments, u, v, sums, counts)
     queue = [
         (1.0 - stats[0] / stats[1], a, b)
         for a in range(n_fragments + 1)

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from connecto.postprocess.agglomerate import UNMERGED
+from connecto.postprocess.agglomerate import UNMERGED, boundary_statistics
 
 FeatureDistance = Literal["cosine", "euclidean"]
 FEATURE_DISTANCES: tuple[str, ...] = ("cosine", "euclidean")
@@ -122,15 +122,7 @@ def feature_agglomeration_history(
     known = ~np.isnan(features).any(axis=1)
     features[~known] = 0.0
     weight = np.asarray(sizes, dtype=np.float64).copy()
-    neighbours: list[dict[int, list[float]]] = [{} for _ in range(n_fragments + 1)]
-    rows = zip(u.tolist(), v.tolist(), sums.tolist(), counts.tolist(), strict=True)
-    for a, b, total, count in rows:
-        if a == b or count == 0:
-            continue
-        stats = neighbours[a].setdefault(b, [0.0, 0.0])
-        stats[0] += total
-        stats[1] += count
-        neighbours[b][a] = stats  # one list shared by both ends
+    neighbours = boundary_statistics(n_fragments, u, v, sums, counts)
 
     def scores(a: int, others: list[int]) -> np.ndarray:
         """The current scores of the edges from region a to `others`."""
