@@ -15,7 +15,10 @@ each training took on this machine) are printed with the rows, and the labelled 
 (of the volume's voxels) next to each result.
 
 BENCH_SPARSE_ITERATIONS="2d,3d,round,dense" (default 600,600,400,1000) sets the budgets;
-BENCH_SPARSE_DISKS="N,R" (default 5,200) the disks; BENCH_SPARSE_KEEP=DIR keeps the work.
+BENCH_SPARSE_DISKS="N,R" (default 5,200) the disks; BENCH_SPARSE_SPARSITY="sections,disks"
+(the default) which sparse label sets run; BENCH_SPARSE_DENSE_CHECKPOINT=PATH scores a dense
+MTLSD checkpoint trained before (`make bench BENCH=segment`'s, same settings) instead of
+training one now; BENCH_SPARSE_KEEP=DIR keeps the work.
 """
 
 from __future__ import annotations
@@ -156,8 +159,10 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
     rows.append(("watershed supervoxels (baseline)", score_segmentation(
         supervoxels.to_ndarray(_roi(template.test_roi)), test_truth), 0.0))  # fmt: skip
 
-    # dense MTLSD: every label of the train slab
+    # dense MTLSD: every label of the train slab (trained now unless given, see the docstring)
     os.environ.pop("BENCH_SEGMENT_CHECKPOINT", None)
+    if os.environ.get("BENCH_SPARSE_DENSE_CHECKPOINT"):
+        os.environ["BENCH_SEGMENT_CHECKPOINT"] = os.environ["BENCH_SPARSE_DENSE_CHECKPOINT"]
     checkpoint, how = _trained_setup(work / "dense", data, budgets["dense"])
     print(f"    dense MTLSD: {how}", flush=True)
     values = {**base, "checkpoint": str(checkpoint), "graph": "dense",
@@ -170,7 +175,7 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
     print(f"    (dense labelled fraction {dense_fraction / np.prod(truth.shape):.3f})")
 
     affs_checkpoint = None
-    for name in ("sections", "disks"):
+    for name in os.environ.get("BENCH_SPARSE_SPARSITY", "sections,disks").split(","):
         labels, fraction, described = _sparse_labels(work, data, name, train_depth)
         print(f"  sparse ({name}): {described}, labelled fraction {fraction:.4f}", flush=True)
         chain = _chain_of(work, name, data, labels, budgets, affs_checkpoint)

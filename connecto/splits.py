@@ -156,11 +156,9 @@ class _Program:
     def add_class_part(self, c: int, p: int) -> None:
         carriers = np.nonzero(self.n[:, c])[0]
         f = self.fractions[p]
-        # share - d <= f  and  share + d >= f
-        for sign in (1, -1):
-            row = {self.x(g, p): sign * self.n[g, c] / self.totals[c] for g in carriers}
-            row[self.d(c, p)] = -sign
-            self.add(row, -np.inf if sign == 1 else -f, f if sign == 1 else np.inf)
+        share = {self.x(g, p): self.n[g, c] / self.totals[c] for g in carriers}
+        self.add({**share, self.d(c, p): -1}, -np.inf, f)  # share - d <= f
+        self.add({**share, self.d(c, p): 1}, f, np.inf)  # share + d >= f
         self.add({self.d(c, p): 1, self.t: -1}, -np.inf, 0)  # d <= t
         if f > 0:  # every class present in every non-empty part
             self.add({self.x(g, p): 1 for g in carriers}, 1, np.inf)
@@ -175,11 +173,14 @@ class _Program:
                 matrix[r, column] = value
         return LinearConstraint(matrix.tocsr(), self.lower, self.upper)
 
-    def cost(self) -> np.ndarray:
-        """K*t + sum(d), K the number of d: first the worst deviation, then all of them."""
+    def worst_deviation_cost(self) -> np.ndarray:
+        cost = np.zeros(self.nvar)
+        cost[self.t] = 1
+        return cost
+
+    def total_deviation_cost(self) -> np.ndarray:
         cost = np.zeros(self.nvar)
         cost[self.nx : self.nx + self.nd] = 1
-        cost[self.t] = self.nd
         return cost
 
     def integrality(self) -> np.ndarray:
@@ -200,24 +201,38 @@ def _solve_milp(
     """n: groups x classes synapse counts. Returns part index per group (or None) and status.
 
     Variables: x[g, p] binary (group g in part p), d[c, p] >= |share - target| and t >= every
-    d. Minimises K*t + sum(d): first the worst deviation, then all of them.
+    d. Two solves: the least worst deviation t, then, t held, the least sum of d. (One
+    weighted sum K*t + sum(d) is not lexicographic: it traded a worse t for a smaller sum.)
     """
     from scipy.optimize import milp  # slow import: only here
 
     program = _Program(n, fractions)
     program.add_constraints()
-    result = milp(
-        program.cost(),
-        constraints=program.constraints(),
-        integrality=program.integrality(),
-        bounds=program.bounds(),
-        options={"time_limit": time_limit_s, "disp": False},
-    )
-    if result.x is None:
-        return None, f"milp: {result.message}"
-    assignment = result.x[: program.nx].reshape(program.groups, program.parts).argmax(axis=1)
-    status = "milp optimal" if result.status == 0 else f"milp best found ({result.message})"
-    return assignment, status
+    deadline = time.monotonic() + time_limit_s
+    statuses = []
+    best = None
+    for cost in (program.worst_deviation_cost, program.total_deviation_cost):
+        left = deadline - time.monotonic()
+        if best is not None and left <= 0:
+            break
+        result = milp(
+            cost(),
+            constraints=program.constraints(),
+            integrality=program.integrality(),
+            bounds=program.bounds(),
+            options={"time_limit": max(left, 0.1), "disp": False},
+        )
+        if result.x is None:
+            if best is None:
+                return None, f"milp: {result.message}"
+            break
+        best = result.x
+        statuses.append(result.status == 0)
+        worst = result.x[program.t]  # the second solve may not worsen it
+        program.add({program.t: 1}, -np.inf, worst + 1e-9)
+    assignment = best[: program.nx].reshape(program.groups, program.parts).argmax(axis=1)
+    optimal = len(statuses) == 2 and all(statuses)
+    return assignment, "milp optimal" if optimal else "milp best found (time limit)"
 
 
 def _max_deviation(n: np.ndarray, assignment: np.ndarray, fractions: np.ndarray) -> float:

@@ -35,6 +35,7 @@ from connecto.data.volumes import open_raw
 from connecto.db.tracking import list_lineage, record_lineage
 from connecto.experiment import TrainSetup, checkpoint_config, prepare_training
 from connecto.names import check_name
+from connecto.tasks.segmentation.overlay import write_overlay
 
 HOME = "05_bootstrap"
 STACK_2D = "predictions_2d.zarr"
@@ -343,10 +344,18 @@ class Chain:
         config, base = load_segment_config(path)
         counts = segment_counts(config, base)
         container, dataset = self.segmentation_of(r)
+        picture = write_overlay(
+            (self.config.raw_container, self.config.raw_dataset), (container, dataset),
+            self.round_dir(r) / "segmentation.png", roi=self.roi,
+        )  # fmt: skip
         return {
             "segments": counts.get(self.config.threshold),
             "warnings": report.warnings,
-            "outputs": {"segmentation": f"{container}/{dataset}", "config": str(path)},
+            "outputs": {
+                "segmentation": f"{container}/{dataset}",
+                "config": str(path),
+                "picture": str(picture),
+            },  # fmt: skip
         }
 
     def pseudo_labels(self, r: int) -> dict[str, Any]:

@@ -51,7 +51,14 @@ from pymongo.errors import BulkWriteError
 from connecto import ConnectoError
 from connecto.db.schema import SYNAPSES
 from connecto.db.synapses import class_of_skeletons, synapse_class
-from connecto.db.tracking import PREDICTIONS, ensure_indexes, git_commit, now, settle_vanished
+from connecto.db.tracking import (
+    PREDICTIONS,
+    claim_collection,
+    ensure_indexes,
+    git_commit,
+    now,
+    settle_vanished,
+)
 from connecto.names import check_name, predictions_database_name
 
 DUPLICATE_KEY = 11000
@@ -425,18 +432,29 @@ def collection_owner(setup_dir: Path, config: PredictConfig) -> dict[str, str]:
     }
 
 
+def _tracked_owner(document: dict[str, Any]) -> dict[str, str]:
+    owner = document.get("owner") or {}
+    return {
+        "setup": owner.get("setup") or str(Path(document["setup_dir"]).resolve()),
+        "checkpoint": owner.get("checkpoint", document.get("checkpoint")),
+    }
+
+
 def refuse_foreign_collection(db: Database, setup_dir: Path, config: PredictConfig) -> None:
     """Raise unless the setup's collection is unclaimed or already its own: resuming or
     overwriting another setup's collection would mix or destroy that setup's results."""
     database, name = prediction_target(config)
     setup = str(Path(setup_dir).resolve())
-    for other in db[PREDICTIONS].find({"predictions_db": database, "collection": name}):
-        owner = other.get("owner") or {}
-        owner_setup = owner.get("setup") or str(Path(other["setup_dir"]).resolve())
-        if owner_setup != setup:
-            raise ConnectoError(
-                f"{database}.{name} belongs to predict setup {owner_setup} "
-                f"(checkpoint {owner.get('checkpoint', other.get('checkpoint'))}), not to "
-                f"{setup}: setups with the same experiment name and train id under different "
-                "base directories share collection names; rename one experiment"
-            )
+    checkpoint = str(Path(config.train_checkpoint).resolve())
+    claim = {"key": setup, "setup": setup, "checkpoint": checkpoint}
+    tracked = db[PREDICTIONS].find({"predictions_db": database, "collection": name})
+    # tracking documents written before claims existed name their owner too
+    holder = next((o for o in map(_tracked_owner, tracked) if o["setup"] != setup), None)
+    holder = holder or claim_collection(db, database, name, claim)
+    if holder is not None:
+        raise ConnectoError(
+            f"{database}.{name} belongs to predict setup {holder['setup']} "
+            f"(checkpoint {holder.get('checkpoint')}), not to "
+            f"{setup}: setups with the same experiment name and train id under different "
+            "base directories share collection names; rename one experiment"
+        )

@@ -13,6 +13,7 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from connecto.processes import process_gone
 from connecto.resources import project_root
@@ -23,6 +24,7 @@ PREDICTIONS = "predictions"
 JOBS = "jobs"
 SCORES = "scores"
 LINEAGE = "lineage"  # the steps of a bootstrapping chain, each with its parent
+CLAIMS = "collection_claims"  # one owner per results collection, keyed by _id
 
 
 def now() -> datetime:
@@ -207,3 +209,20 @@ def list_lineage(db: Database, base: str, experiment: str) -> list[dict[str, Any
     for root in sorted(s for s, d in steps.items() if d.get("parent") not in steps):
         add(root)
     return ordered
+
+
+def claim_collection(
+    db: Database, database: str, collection: str, owner: dict[str, str]
+) -> dict[str, str] | None:
+    """Claim `database.collection` for `owner` (its `key` says who it is) before the first
+    write. None when the claim is the owner's (new, or held before); else the holder.
+    Atomic: `_id` is unique, so of two processes claiming at once exactly one gets it
+    (checking the tracking documents first left a window before either was written)."""
+    claims = db[CLAIMS]
+    key = f"{database}.{collection}"
+    try:
+        claims.insert_one({"_id": key, **owner, "claimed": now()})
+        return None
+    except DuplicateKeyError:
+        held = claims.find_one({"_id": key}) or {}
+    return None if held.get("key") == owner["key"] else held

@@ -115,6 +115,8 @@ def test_the_chain_runs_records_its_lineage_and_resumes(
     assert lineage["round-1-pseudo-labels"]["parent"] == "segment"
     segmentation = open_ds(Path(lineage["segment"]["outputs"]["segmentation"]))
     assert segmentation.shape == SHAPE
+    for step in ("segment", "round-1-segment"):  # sections over the raw, per round
+        assert Path(lineage[step]["outputs"]["picture"]).stat().st_size > 0
     pseudo = open_ds(Path(lineage["round-1-pseudo-labels"]["outputs"]["labels"]))
     kept = set(np.unique(pseudo.to_ndarray(pseudo.roi)).tolist()) - {0}
     assert len(kept) == lineage["round-1-pseudo-labels"]["stats"]["kept_segments"]

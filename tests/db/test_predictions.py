@@ -262,3 +262,35 @@ def test_migrate_adds_prediction_lists(mongo_client: MongoClient, db_name: str) 
     db["skeleton_nt_t0_p4"].insert_one({k: v for k, v in docs([6])[0].items() if k != "prediction"})
     with pytest.raises(ConnectoError, match="skeleton_nt_t0_p4: synapse 6 has probabilities"):
         migrate_prediction_collections(db, {"skeleton_nt_t0_p4": ["gaba", "dopamine"]})
+
+
+def test_simultaneous_predicts_of_two_setups_cannot_both_claim_a_collection(
+    mongo_client: MongoClient, tracking_db: str, tmp_path
+) -> None:
+    """Two setups whose collection names collide, both past the ownership check before
+    either writes its tracking document: the second is refused (before the claim document,
+    both went on and mixed their predictions in one collection). And of eight processes'
+    threads claiming at one instant, exactly one holds the collection."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from connecto.db.predictions import refuse_foreign_collection
+    from connecto.db.tracking import claim_collection
+
+    db = mongo_client[tracking_db]
+    config = SimpleNamespace(db_name_data="race", split_name="skeleton", experiment="nt",
+                             train_number=0, predict_number=1,
+                             train_checkpoint=str(tmp_path / "model_checkpoint_10"))  # fmt: skip
+    refuse_foreign_collection(db, tmp_path / "a", config)  # a, no tracking document yet
+    with pytest.raises(ConnectoError, match=f"belongs to predict setup {tmp_path / 'a'} "):
+        refuse_foreign_collection(db, tmp_path / "b", config)
+    refuse_foreign_collection(db, tmp_path / "a", config)  # a itself goes on
+
+    def claim(i: int) -> bool:
+        return claim_collection(db, "race", "at_once", {"key": f"setup{i}"}) is None
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(claim, range(8)))
+    assert sum(won) == 1
+    winner = won.index(True)
+    assert claim_collection(db, "race", "at_once", {"key": f"setup{winner}"}) is None

@@ -39,7 +39,7 @@ from pymongo.errors import BulkWriteError
 from connecto import ConnectoError
 from connecto.db.client import get_database, tracking_database
 from connecto.db.synapse_rows import PARTS
-from connecto.db.tracking import git_commit, now, settle_vanished
+from connecto.db.tracking import claim_collection, git_commit, now, settle_vanished
 from connecto.experiment import CHECKPOINT_PREFIX, TrainSetup, find_setup
 from connecto.names import check_name
 from connecto.processes import process_record
@@ -200,11 +200,17 @@ def refuse_foreign_collection(
 ) -> None:
     """Two train setups with the same experiment name and train id under different base
     directories name the same collection: never mix their embeddings."""
+    mine = str(checkpoint.resolve())
     other = tracking[TRACKING_COLLECTION].find_one({"database": database, "collection": collection})
-    if other is not None and other.get("checkpoint") != str(checkpoint.resolve()):
+    # runs tracked before claims existed name their checkpoint too
+    holder = other if other is not None and other.get("checkpoint") != mine else None
+    holder = holder or claim_collection(
+        tracking, database, collection, {"key": mine, "checkpoint": mine}
+    )
+    if holder is not None:
         raise ConnectoError(
-            f"{database}.{collection} holds embeddings of {other.get('checkpoint')}, not of "
-            f"{checkpoint.resolve()}: rename one experiment"
+            f"{database}.{collection} holds embeddings of {holder.get('checkpoint')}, not of "
+            f"{mine}: rename one experiment"
         )
 
 
