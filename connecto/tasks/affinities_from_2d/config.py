@@ -94,6 +94,12 @@ class AffinitiesFrom2dTrainConfig(TrainingSettings):
         default=0.2, description="channel contrast factor in [1 - this, 1 + this]"
     )
     brightness: NonNegative = Field(default=0.1, description="channel shift in [-this, this]")
+    missing_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.05,
+        description="probability that a section is blank in the raw (lost in cutting or "
+        "imaging): its simulated 2D predictions are a near-constant field and the 3D "
+        "target bridges it from the neighbouring sections",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AffinitiesFrom2dTrainConfig:

@@ -104,6 +104,7 @@ def prediction_settings(config: AffinitiesFrom2dTrainConfig) -> PredictionSettin
         boundary_width=config.boundary_width, blur_sigma=config.blur_sigma,
         noise_std=config.noise_std, contrast=config.contrast, brightness=config.brightness,
         blob_strength=config.blob_strength, blob_size=config.blob_size,
+        missing_rate=config.missing_rate,
     )  # fmt: skip
 
 

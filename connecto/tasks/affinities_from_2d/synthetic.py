@@ -56,6 +56,9 @@ class PredictionSettings:
     blob_size: float = 120.0  # nm between the blobs' control points
     contrast: float = 0.2  # channel contrast factor in [1 - this, 1 + this]
     brightness: float = 0.1  # channel shift in [-this, this]
+    # a section blank in the raw (lost in cutting or imaging): the 2D model predicts a
+    # near-constant field there; the 3D affinities are still the true ones, bridged
+    missing_rate: float = 0.05
 
     def reach(self, voxel_size: Sequence[int]) -> int:
         """Pixels beyond a crop that its channels read: the largest offset, and the LSDs'
@@ -374,6 +377,19 @@ def interior_blobs(
     return out
 
 
+def missing_sections(channels: np.ndarray, settings: PredictionSettings,
+                     rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """`channels` (C, z, y, x) with each section, at `settings.missing_rate`, replaced by a
+    near-constant level per channel (faint noise), as a 2D model predicts on a blank one."""
+    out = channels
+    n_channels, depth = channels.shape[:2]
+    for z in np.nonzero(rng.random(depth) < settings.missing_rate)[0]:
+        level = rng.uniform(0.3, 0.7, n_channels).astype(np.float32)
+        noise = rng.normal(0.0, rng.uniform(0.0, 0.02), out[:, z].shape).astype(np.float32)
+        out[:, z] = np.clip(level[:, None, None] + noise, 0.0, 1.0)
+    return out
+
+
 def simulate_2d_predictions(
     labels: np.ndarray, voxel_size: Sequence[int], settings: PredictionSettings,
     rng: np.random.Generator, margin: int = 0,
@@ -390,4 +406,4 @@ def simulate_2d_predictions(
     if settings.lsds:
         parts.append(section_lsds(perturbed, voxel_size, settings.lsd_sigma,
                                   settings.lsd_downsample, margin))  # fmt: skip
-    return degrade(np.concatenate(parts), settings, rng)
+    return missing_sections(degrade(np.concatenate(parts), settings, rng), settings, rng)

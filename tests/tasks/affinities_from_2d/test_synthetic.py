@@ -28,7 +28,7 @@ OFFSETS = ((0, 1, 0), (0, 0, 1), (0, 3, 0), (0, 0, 3), (0, -2, 1))
 EXACT = PredictionSettings(
     offsets=OFFSETS, lsds=False, split_rate=0, merge_rate=0, shift_rate=0,
     boundary_width=(0, 0), blur_sigma=0, noise_std=0, contrast=0, brightness=0,
-    blob_strength=0,
+    blob_strength=0, missing_rate=0,
 )  # fmt: skip
 
 
@@ -223,3 +223,18 @@ def test_stretching_undoes_a_section_s_compressed_contrast():
     np.testing.assert_allclose(restored, exact, atol=1e-5)
     flat = np.full((1, 2, 8, 8), 0.7, dtype=np.float32)  # no contrast: not blown up
     assert np.all(stretch(flat, section_levels(flat, (1.0, 99.0))) == 0)
+
+
+def test_missing_sections_are_near_constant_and_only_at_their_rate():
+    volume = labels(5)
+    exact = simulate_2d_predictions(volume, VOXEL, EXACT, np.random.default_rng(0))
+    blank = simulate_2d_predictions(volume, VOXEL, replace(EXACT, missing_rate=1.0),
+                                    np.random.default_rng(0))  # fmt: skip
+    spread = blank.reshape(len(OFFSETS), SHAPE[0], -1)
+    assert np.all(spread.std(axis=2) < 0.03) and np.all((spread > 0.2) & (spread < 0.8))
+    assert exact.reshape(len(OFFSETS), SHAPE[0], -1).std(axis=2).min() > 0.1
+    some = simulate_2d_predictions(
+        labels(5, (200, 32, 32)), VOXEL, replace(EXACT, missing_rate=0.1), np.random.default_rng(1)
+    )
+    flat = some.reshape(len(OFFSETS), 200, -1).std(axis=2).max(axis=0) < 0.03
+    assert 8 <= flat.sum() <= 35  # about 20 of 200 sections

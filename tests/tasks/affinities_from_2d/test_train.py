@@ -38,7 +38,7 @@ TINY = {
 EXACT = {
     "split_rate": 0, "merge_rate": 0, "shift_rate": 0, "boundary_width": (0, 0),
     "blur_sigma": 0, "noise_std": 0, "contrast": 0, "brightness": 0, "blob_strength": 0,
-    "section_percentiles": None,
+    "missing_rate": 0, "section_percentiles": None,
 }  # fmt: skip
 
 
