@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from connecto.config import PositiveInt, Shape3, TrainingSettings
+from connecto.tasks.section_contrast import check_percentiles
 
 NAME = "affinities-from-2d"
 LSD_2D_CHANNELS = 6  # lsd's 2D descriptors: mean offset y, x; variance yy, xx; pearson; size
@@ -113,12 +114,7 @@ class AffinitiesFrom2dTrainConfig(TrainingSettings):
                 )
         if any(offset == (0, 0, 0) for offset in self.neighborhood):
             raise ValueError("neighborhood: [0, 0, 0] is no offset")
-        if self.section_percentiles is not None:
-            low, high = self.section_percentiles
-            if not 0 <= low < high <= 100:
-                raise ValueError(
-                    f"section_percentiles [{low}, {high}]: expected 0 <= low < high <= 100"
-                )
+        check_percentiles(self.section_percentiles)
         for key in ("neurite_diameter", "boundary_width"):
             low, high = getattr(self, key)
             if low > high:

@@ -16,7 +16,6 @@ import torch
 from connecto.config import WorkerConfig
 from connecto.tasks.affinities_from_2d.config import AffinitiesFrom2dTrainConfig
 from connecto.tasks.affinities_from_2d.model import AffinitiesLoss, build_model
-from connecto.tasks.affinities_from_2d.normalise import section_levels, stretch
 from connecto.tasks.affinities_from_2d.synthetic import (
     NeuriteSettings,
     PredictionSettings,
@@ -24,6 +23,7 @@ from connecto.tasks.affinities_from_2d.synthetic import (
     simulate_2d_predictions,
 )
 from connecto.tasks.parts import TaskParts, stacked
+from connecto.tasks.section_contrast import section_levels, stretch
 
 STACK = gp.ArrayKey("STACK")  # the stacked 2D predictions, the network's input
 LABELS = gp.ArrayKey("LABELS")

@@ -22,7 +22,7 @@ from connecto.checkpoints import default_device, load_weights, read_checkpoint
 from connecto.data.volumes import prepare_channels
 from connecto.tasks.affinities_from_2d.config import LSD_2D_CHANNELS, AffinitiesFrom2dTrainConfig
 from connecto.tasks.affinities_from_2d.model import AffinitiesFrom2dModel, build_model
-from connecto.tasks.affinities_from_2d.normalise import section_levels, stretch
+from connecto.tasks.section_contrast import section_levels, stretch
 
 MODEL_KEYS = "input_offsets, input_lsds, neighborhood, fmaps, fmap_inc_factor, downsample_factors"
 

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from connecto import ConnectoError
 from connecto.config import PositiveInt, Shape3, TrainingSettings
+from connecto.tasks.section_contrast import check_percentiles
 
 NAME = "segmentation-2d"
 Shape2 = tuple[int, int]
@@ -47,6 +48,12 @@ class Segmentation2dTrainConfig(TrainingSettings):
     )
     min_labelled_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
         default=0.05, description="batches whose output has fewer labelled voxels are redrawn"
+    )
+    section_percentiles: tuple[float, float] | None = Field(
+        default=(1.0, 99.0),
+        description="[low, high]: every raw section is stretched to [0, 1] between these "
+        "percentiles of the whole section, in training and prediction (sections differ in "
+        "contrast); none: raw as it is",
     )
     context_sections: Annotated[int, Field(ge=0)] = Field(
         default=1, description="k: sections z-k..z+k are the input channels"
@@ -85,6 +92,7 @@ class Segmentation2dTrainConfig(TrainingSettings):
                     f"neighborhood offset {list(offset)}: a 2D model predicts in-plane "
                     "affinities only, [0, y, x] with y or x not 0"
                 )
+        check_percentiles(self.section_percentiles)
         roi = self.train_roi
         if roi is not None and (len(roi) != 2 or any(len(part) != 3 for part in roi)):
             raise ValueError("train_roi must be [[z, y, x] offset, [z, y, x] shape] in nm")

@@ -9,7 +9,22 @@ import gunpowder as gp
 import numpy as np
 from lsd.train import LsdExtractor
 
+from connecto.tasks.section_contrast import stretch_sections
 from connecto.tasks.segmentation_2d.model import LSD_2D_CHANNELS
+
+
+class StretchSections(gp.BatchFilter):
+    """Each section of `key` (z, y, x in [0, 1]) stretched between the percentiles of its
+    whole section (`levels` (2, z) of the volume, whose first section is at `origin_z`
+    nm), as prediction does. Upstream of Pad: every section is in the volume."""
+
+    def __init__(self, key: gp.ArrayKey, levels: np.ndarray, origin_z: int, section_nm: int):
+        self.key, self.levels, self.origin_z, self.section_nm = key, levels, origin_z, section_nm
+
+    def process(self, batch: gp.Batch, request: gp.BatchRequest) -> None:
+        array = batch[self.key]
+        first = (array.spec.roi.begin[0] - self.origin_z) // self.section_nm
+        stretch_sections(array.data, self.levels, first)
 
 
 class LabelledMask(gp.BatchFilter):

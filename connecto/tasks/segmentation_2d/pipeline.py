@@ -27,6 +27,7 @@ from connecto import ConnectoError
 from connecto.config import WorkerConfig
 from connecto.data.volumes import RAW_SCALE, RAW_SHIFT, raw_scale, read_roi
 from connecto.tasks.parts import TaskParts, stacked
+from connecto.tasks.section_contrast import volume_section_levels
 from connecto.tasks.segmentation.pipeline import (
     AFFS_WEIGHTS,
     GT_AFFS,
@@ -44,7 +45,7 @@ from connecto.tasks.segmentation.pipeline import (
 )
 from connecto.tasks.segmentation_2d.config import Segmentation2dTrainConfig
 from connecto.tasks.segmentation_2d.model import MaskedMseLoss, build_model
-from connecto.tasks.segmentation_2d.nodes import AddSectionLsds, LabelledMask
+from connecto.tasks.segmentation_2d.nodes import AddSectionLsds, LabelledMask, StretchSections
 
 LABELLED = gp.ArrayKey("LABELLED")  # 1 where labels are known (the segmentation keys: same)
 
@@ -156,14 +157,15 @@ def _labels_context(config: Segmentation2dTrainConfig, voxel_size: Coordinate) -
 
 
 def _run_source(config: Segmentation2dTrainConfig, raw: Array, labels: Array, run: Roi,
-                context: Coordinate) -> gp.Pipeline:  # fmt: skip
+                context: Coordinate, levels: np.ndarray | None) -> gp.Pipeline:  # fmt: skip
     """Random locations whose output section lies in `run` (sections stacked around it
     from the whole raw volume, zero beyond it, as in prediction)."""
-    raw_source = (
-        gp.ArraySource(RAW, raw, interpolatable=True)
-        + gp.Normalize(RAW, factor=raw_scale(raw.dtype))
-        + gp.Pad(RAW, None)
+    raw_source = gp.ArraySource(RAW, raw, interpolatable=True) + gp.Normalize(
+        RAW, factor=raw_scale(raw.dtype)
     )
+    if levels is not None:
+        raw_source += StretchSections(RAW, levels, raw.roi.begin[0], raw.voxel_size[0])
+    raw_source += gp.Pad(RAW, None)
     labels_source = (
         gp.ArraySource(LABELS, labels, interpolatable=False)
         + gp.Crop(LABELS, run)
@@ -195,7 +197,11 @@ def data_pipeline(
     GT_AFFS_MASK, AFFS_WEIGHTS (and GT_LSDS, LSDS_WEIGHTS), each (b, [C,] 1, y, x)."""
     voxel_size = Coordinate(raw.voxel_size)
     context = _labels_context(config, voxel_size)
-    sources = tuple(_run_source(config, raw, labels, run, context) for run in runs)
+    levels = (
+        None if config.section_percentiles is None
+        else volume_section_levels(raw, config.section_percentiles)
+    )  # fmt: skip
+    sources = tuple(_run_source(config, raw, labels, run, context, levels) for run in runs)
     if len(sources) == 1:
         pipeline = sources[0]
     else:  # every labelled section equally likely

@@ -22,8 +22,17 @@ from tqdm import tqdm
 
 from connecto import ConnectoError
 from connecto.checkpoints import default_device, load_weights, read_checkpoint
-from connecto.data.volumes import normalize_raw, open_raw, prepare_channels, read_roi
+from connecto.data.volumes import (
+    RAW_SCALE,
+    RAW_SHIFT,
+    normalize_raw,
+    open_raw,
+    prepare_channels,
+    read_roi,
+    scale_raw,
+)
 from connecto.experiment import checkpoint_config
+from connecto.tasks.section_contrast import stretch_sections, volume_section_levels
 from connecto.tasks.segmentation_2d.config import Segmentation2dTrainConfig
 from connecto.tasks.segmentation_2d.model import (
     LSD_2D_CHANNELS,
@@ -77,6 +86,18 @@ def _windows(raw: np.ndarray, sections: int, k: int) -> np.ndarray:
     return np.stack([raw[i : i + 2 * k + 1] for i in range(sections)])
 
 
+def _network_input(data: np.ndarray, levels: np.ndarray | None, read: Roi, raw: Array) -> (
+    np.ndarray
+):  # fmt: skip
+    """Raw (z, y, x) read at `read` as the network takes it: each section stretched as in
+    training (when the model was trained so), then to [-1, 1]; beyond the volume, zero."""
+    if levels is None:
+        return normalize_raw(data)
+    first = (read.begin[0] - raw.roi.begin[0]) // raw.voxel_size[0]
+    sections = stretch_sections(scale_raw(data), levels, first)
+    return sections * np.float32(RAW_SCALE) + np.float32(RAW_SHIFT)
+
+
 def _to_uint8(prediction: torch.Tensor) -> np.ndarray:
     """(b, C, 1, y, x) in [0, 1] -> (C, b, y, x) uint8."""
     data = prediction[:, :, 0].cpu().numpy().transpose(1, 0, 2, 3)
@@ -124,12 +145,16 @@ def predict_sections(
             out / lsds_dataset, LSD_2D_CHANNELS, roi, voxel_size, chunk, lsds_attrs, overwrite
         )
     tiles = list(_tiles(roi, voxel_size, sections_per_batch, plane))
+    levels = (
+        None if train_config.section_percentiles is None
+        else volume_section_levels(raw, train_config.section_percentiles)
+    )  # fmt: skip
     for tile in tqdm(tiles, desc="predict", unit="tile", disable=not progress):
         write = tile.intersect(roi)
         sections = write.shape[0] // voxel_size[0]
         # only the sections this tile writes, with k neighbours each side
         read = Roi(tile.offset, (write.shape[0], *tile.shape[1:])).grow(grow, grow)
-        batch = _windows(normalize_raw(read_roi(raw, read)), sections, k)
+        batch = _windows(_network_input(read_roi(raw, read), levels, read, raw), sections, k)
         with torch.no_grad():
             pred_lsds, pred_affs = model(torch.from_numpy(batch).to(device))
         crop = (slice(None), slice(None), *((write - tile.offset) / voxel_size).to_slices()[1:])

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from lsd.train.local_shape_descriptor import LsdExtractor
 
-from connecto.tasks.affinities_from_2d.normalise import section_levels, stretch
 from connecto.tasks.affinities_from_2d.synthetic import (
     NeuriteSettings,
     PredictionSettings,
@@ -21,6 +20,7 @@ from connecto.tasks.affinities_from_2d.synthetic import (
     simulate_2d_predictions,
     split_labels,
 )
+from connecto.tasks.section_contrast import section_levels, stretch
 
 VOXEL = (40, 8, 8)
 SHAPE = (16, 64, 64)

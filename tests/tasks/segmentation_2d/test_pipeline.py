@@ -63,7 +63,7 @@ def small_config(container: Path, **changes: object) -> Segmentation2dTrainConfi
         "downsample_factors": [(2, 2)], "fmaps": 2, "fmap_inc_factor": 2,
         "neighborhood": NEIGHBORHOOD, "lsd_sigma": 16.0, "lsd_downsample": 1,
         "grow_boundary": 0, "augment": False, "batch_size": 1, "min_labelled_fraction": 0.0,
-        **changes,
+        "section_percentiles": None, **changes,
     }  # fmt: skip
     return Segmentation2dTrainConfig(**values)
 
@@ -222,3 +222,46 @@ def test_config_and_model_checks(stack: Path, tmp_path: Path):
     with pytest.raises(ConnectoError, match="key 'train_roi' .* not inside the raw volume"):
         task_parts(small_config(stack, train_roi=[[0, 0, 0], [400, 256, 260]]), WorkerConfig(),
                    "c.toml")  # fmt: skip
+
+
+def test_sections_of_less_contrast_reach_the_network_alike(stack: Path, tmp_path: Path):
+    """Each raw section stretched between its whole section's percentiles: a section of
+    half the contrast gives the network (nearly) the same input, in training batches and
+    in prediction alike (the same function of the same levels)."""
+    from funlib.geometry import Roi
+
+    from connecto.data.volumes import read_roi
+    from connecto.tasks.section_contrast import volume_section_levels
+    from connecto.tasks.segmentation_2d.predict import _network_input
+
+    flat = synthetic_stack(tmp_path / "flat.zarr")
+    root = zarr.open_group(str(flat), mode="r+")
+    section = root["volumes/raw"][PAINTED - 1].astype(float)
+    root["volumes/raw"][PAINTED - 1] = np.rint(64 + section / 2).astype(np.uint8)
+
+    def batch(container: Path, **changes: object) -> np.ndarray:
+        config = small_config(container, **changes)
+        raw = open_raw(container, config.raw_dataset)
+        labels = open_raw(config.labels_source, config.labels_dataset)
+        sections = labelled_sections(labels, labels.roi, config.sparse_labels, (28, 28))
+        pipeline = data_pipeline(config, raw, labels, sections.runs)
+        request = batch_request(config, raw.voxel_size, predictions=False)
+        request._random_seed = 7  # the same crop from both volumes
+        with gp.build(pipeline):
+            return pipeline.request_batch(request)[RAW].data[0]
+
+    stretched = {"section_percentiles": (1.0, 99.0)}
+    sharp, flattened = batch(stack, **stretched), batch(flat, **stretched)
+    assert np.abs(flattened - sharp).max() < 0.05  # a few levels of uint8 rounding
+    assert np.abs(batch(flat)[0] - batch(stack)[0]).max() > 0.3  # unstretched: unlike
+
+    # prediction reads the same: locate the crop by its unstretched centre section
+    raw = open_raw(flat, "volumes/raw")
+    z, y, x = _locate(
+        np.rint((batch(flat)[1] + 1) / 2 * 255).astype(np.uint8), np.asarray(raw.data)
+    )
+    read = Roi(((z - 1) * 40, y * 4, x * 4), (3 * 40, 44 * 4, 44 * 4))
+    levels = volume_section_levels(raw, (1.0, 99.0))
+    assert levels.shape == (2, SHAPE[0]) and levels[1, PAINTED - 1] < levels[1, PAINTED]
+    predicted = _network_input(read_roi(raw, read), levels, read, raw)
+    np.testing.assert_allclose(predicted, flattened, atol=1e-5)
