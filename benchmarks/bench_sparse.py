@@ -12,13 +12,15 @@ fragments -> agglomerate -> extract -> evaluate:
 The 2D->3D model never sees labels: it is trained once on synthetic data at the volume's
 voxel size and reused by both sparse chains. Budgets (iterations, and the wall seconds
 each training took on this machine) are printed with the rows, and the labelled fraction
-(of the volume's voxels) next to each result.
+(of the volume's voxels) next to each result. The 2D and round models train with the dense
+model's learning rate (5e-4) and, like it, without augmentation.
 
 BENCH_SPARSE_ITERATIONS="2d,3d,round,dense" (default 600,600,400,1000) sets the budgets;
 BENCH_SPARSE_DISKS="N,R" (default 5,200) the disks; BENCH_SPARSE_SPARSITY="sections,disks"
 (the default) which sparse label sets run; BENCH_SPARSE_DENSE_CHECKPOINT=PATH scores a dense
 MTLSD checkpoint trained before (`make bench BENCH=segment`'s, same settings) instead of
-training one now; BENCH_SPARSE_KEEP=DIR keeps the work.
+training one now, BENCH_SPARSE_AFFS_CHECKPOINT=PATH a 2D->3D checkpoint (synthetic data at
+10 nm); BENCH_SPARSE_KEEP=DIR keeps the work.
 """
 
 from __future__ import annotations
@@ -52,12 +54,14 @@ from connecto.tasks.segmentation.workflow import best_threshold, run_steps
 TRUTH = "volumes/labels/neuron_ids"
 THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
 SEGMENT_STEPS = ("fragments", "agglomerate", "extract", "evaluate")
-SMALL_3D = {"fmaps": 6, "fmap_inc_factor": 3, "worker.num_cache_workers": 2}
+# the dense model's settings (bench_segment's `_trained_setup`): a budget compares alike
+SAME_AS_DENSE = {"learning_rate": 5e-4, "augment": False}
+SMALL_3D = {"fmaps": 6, "fmap_inc_factor": 3, "worker.num_cache_workers": 2, **SAME_AS_DENSE}
 # isotropic 10 nm: the 2D->3D network downsamples in z too
 AFFS_FROM_2D = {"input_shape": [76, 76, 76], "downsample_factors": [[2, 2, 2], [2, 2, 2]],
                 "fmaps": 6, "fmap_inc_factor": 3, "neurite_diameter": [150.0, 600.0],
                 "worker.num_cache_workers": 2}  # fmt: skip
-MODEL_2D = {"batch_size": 2, "worker.num_cache_workers": 2}
+MODEL_2D = {"batch_size": 2, "worker.num_cache_workers": 2, **SAME_AS_DENSE}
 
 
 def _budgets() -> dict[str, int]:
@@ -174,7 +178,7 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
     rows.append(("dense MTLSD", best_threshold(report.scores), elapsed))
     print(f"    (dense labelled fraction {dense_fraction / np.prod(truth.shape):.3f})")
 
-    affs_checkpoint = None
+    affs_checkpoint = os.environ.get("BENCH_SPARSE_AFFS_CHECKPOINT")
     for name in os.environ.get("BENCH_SPARSE_SPARSITY", "sections,disks").split(","):
         labels, fraction, described = _sparse_labels(work, data, name, train_depth)
         print(f"  sparse ({name}): {described}, labelled fraction {fraction:.4f}", flush=True)
