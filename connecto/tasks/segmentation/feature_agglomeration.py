@@ -23,7 +23,13 @@ from connecto.postprocess.features import (
     fragment_feature_sums,
 )
 from connecto.tasks.segmentation.config import SegmentConfig
-from connecto.tasks.segmentation.steps import dataset_path, open_graph, open_volume, work_roi
+from connecto.tasks.segmentation.steps import (
+    NO_FRAGMENTS,
+    dataset_path,
+    open_graph,
+    open_volume,
+    work_roi,
+)
 
 FEATURES_ATTRIBUTE = "mean_features"  # the node column: mean features per fragment
 FEATURES_TASK = "fragment-features"  # its bookkeeping entry in the graph's `blocks`
@@ -139,7 +145,7 @@ def feature_edge_scores(
     its ends; otherwise the stored merge score combined with the fragments' distance."""
     ids, features, sizes = read_node_features(graph)
     if ids.size == 0:
-        raise ConnectoError("the segment graph has no fragments")
+        raise ConnectoError(NO_FRAGMENTS)
     if features.shape[1] == 0 or np.isnan(features).all():
         raise ConnectoError(
             "the segment graph's fragments have no features: rerun `connecto segment "

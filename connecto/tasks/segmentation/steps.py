@@ -33,6 +33,14 @@ class StepResult:
 # ---------------------------------------------------------------- volumes
 
 
+# what a graph without fragments means: fragments grow inside cells only
+NO_FRAGMENTS = (
+    "the segment graph has no fragments: nowhere is the mean nearest-neighbour affinity "
+    "above boundary_threshold, so the affinities mark every voxel as boundary (an untrained "
+    "model predicts about 0.5 everywhere); check the checkpoint and its training"
+)
+
+
 def open_volume(container: str | Path, dataset: str) -> Array:
     """A read-only Array of a zarr/N5 dataset, or of an HDF5 dataset (its `resolution`
     and `offset` attributes give voxel size and offset), read lazily."""

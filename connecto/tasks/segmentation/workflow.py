@@ -49,6 +49,7 @@ from connecto.tasks.segmentation.run_length import (
     skeletonize_labels,
 )
 from connecto.tasks.segmentation.steps import (
+    NO_FRAGMENTS,
     StepResult,
     dataset_exists,
     dataset_path,
@@ -223,7 +224,7 @@ def read_edge_scores(graph: MongoDBGraphDataBase, merge_function: str | None = N
     (exact: the same as waterz on the whole volume); otherwise the stored merge scores."""
     ids = np.sort(graph.read_node_columns(read_attrs=[])["id"])
     if ids.size == 0:
-        raise ConnectoError("the segment graph has no fragments")
+        raise ConnectoError(NO_FRAGMENTS)
     global_mean = merge_function == GLOBAL_MEAN
     attrs = [MEAN_AFFINITY, AFFINITY_COUNT] if global_mean else [MERGE_SCORE]
     edges = graph.read_edge_columns(read_attrs=attrs)

@@ -284,3 +284,16 @@ def test_untrained_affinities_are_named(tmp_path: Path, db_name: str, connecto):
     assert "covers 100% of the volume" in warning[0]
     assert "all 2 thresholds give one segment" in warning[0]
     assert "iterations" in warning[0]
+
+
+def test_affinities_that_are_all_boundary_are_named(tmp_path: Path, db_name: str, connecto):
+    """Affinities of about 0.5 everywhere (a model that learned nothing): no voxel is
+    inside a cell, so no fragment grows; the one line says so (it said only that the
+    graph had no fragments)."""
+    config = write_config(tmp_path, db_name)
+    assert connecto("segment", "gt-affinities", "-c", config, cwd=tmp_path).returncode == 0
+    affs = open_ds(tmp_path / "segment.zarr" / "affs", mode="r+")
+    affs[affs.roi] = np.full(affs.shape, 120, dtype=np.uint8)
+    run = connecto("segment", "run", "-c", config, cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "mark every voxel as boundary" in run.stderr and "untrained" in run.stderr
