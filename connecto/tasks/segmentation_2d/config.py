@@ -50,10 +50,10 @@ class Segmentation2dTrainConfig(TrainingSettings):
         default=0.05, description="batches whose output has fewer labelled voxels are redrawn"
     )
     section_percentiles: tuple[float, float] | None = Field(
-        default=(1.0, 99.0),
+        default=None,
         description="[low, high]: every raw section is stretched to [0, 1] between these "
-        "percentiles of the whole section, in training and prediction (sections differ in "
-        "contrast); none: raw as it is",
+        "percentiles of the whole section, in training and prediction (for sections that "
+        "differ in contrast); none: raw as it is",
     )
     context_sections: Annotated[int, Field(ge=0)] = Field(
         default=1, description="k: sections z-k..z+k are the input channels"
