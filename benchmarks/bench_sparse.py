@@ -219,7 +219,7 @@ def _chain_of(work: Path, name: str, data: Path, labels: Path, budgets: dict[str
     config = {
         "experiment": f"sparse_{name}", "base": str(work / "runs"),
         "raw_container": str(data), "raw_dataset": "volumes/raw",
-        "labels_container": str(labels), "labels_dataset": "labels", "threshold": 0.5,
+        "labels_container": str(labels), "labels_dataset": "labels",
         "segment": {"block_size": [64, 64, 64], "num_workers": 2},
         "model_2d": {"iterations": budgets["2d"], "set": MODEL_2D},
         "affinities_from_2d": (

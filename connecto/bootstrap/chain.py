@@ -22,13 +22,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from funlib.geometry import Roi
 from pydantic import BaseModel, ConfigDict, Field
 
 from connecto import ConnectoError
+from connecto.bootstrap.painted import CANDIDATES, choose_threshold
 from connecto.bootstrap.pseudo_labels import SegmentFilter, make_pseudo_labels
 from connecto.config import ConfigModel, PositiveInt, load_config, write_config
 from connecto.data.volumes import open_raw
@@ -73,7 +74,16 @@ class BootstrapConfig(ConfigModel):
     roi: list[list[int]] | None = Field(
         default=None, description="[[z, y, x] offset nm, [z, y, x] shape nm]; None: all"
     )
-    threshold: float = Field(default=0.5, gt=0, lt=1, description="agglomeration threshold")
+    threshold: Annotated[float, Field(gt=0, lt=1)] | Literal["painted"] = Field(
+        default="painted",
+        description='agglomeration threshold; "painted": each segmentation\'s own, the '
+        "candidate with the lowest VOI over the painted voxels",
+    )
+    candidates: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: list(CANDIDATES),
+        min_length=1,
+        description='the thresholds "painted" chooses from',
+    )
     segment: dict[str, Any] = Field(default_factory=dict, description="segment_config keys")
     model_2d: TrainStep = Field(default_factory=TrainStep)
     affinities_from_2d: TrainStep = Field(default_factory=TrainStep)
@@ -114,7 +124,7 @@ class StepOutcome:
     record: dict[str, Any]
 
     def line(self) -> str:
-        shown = {k: v for k, v in self.record.items() if k not in ("outputs",)}
+        shown = {k: v for k, v in self.record.items() if k not in ("outputs", "painted_voi")}
         figures = ", ".join(f"{k} {v}" for k, v in shown.items())
         return f"{self.name}: {'done before' if self.skipped else 'done'}" + (
             f" ({figures})" if figures else ""
@@ -198,9 +208,12 @@ class Chain:
 
     # ------------------------------------------------------------ the steps
 
-    def sparse_labels(self) -> dict[str, Any]:
+    def _painting(self) -> tuple[str, Any]:
         container = self.config.labels_container or self.config.raw_container
-        labels = open_raw(container, self.config.labels_dataset, "labels_dataset")
+        return container, open_raw(container, self.config.labels_dataset, "labels_dataset")
+
+    def sparse_labels(self) -> dict[str, Any]:
+        container, labels = self._painting()
         data = labels.to_ndarray(labels.roi)
         painted = np.flatnonzero((data > 0).any(axis=(1, 2)))
         if not len(painted):
@@ -300,7 +313,9 @@ class Chain:
         )
         return {"tiles": result.tiles, "outputs": {"affs": str(result.path)}}
 
-    def _segment_config(self, r: int, neighborhood: list[Any], checkpoint: Path | None) -> Path:
+    def _segment_config(
+        self, r: int, neighborhood: list[Any], checkpoint: Path | None, thresholds: list[float]
+    ) -> Path:  # fmt: skip
         from connecto.tasks.segmentation.config import SegmentConfig
 
         values: dict[str, Any] = {
@@ -308,7 +323,7 @@ class Chain:
             "raw_dataset": self.config.raw_dataset,
             "checkpoint": str(checkpoint) if checkpoint else None,
             "neighborhood": [list(o) for o in neighborhood],
-            "thresholds": [self.config.threshold],
+            "thresholds": thresholds,
             "graph": f"{self.config.experiment}_round{r}",
             "roi": self.config.roi,
             "fragments_in_xy": self.voxel_size[0] > self.voxel_size[1],
@@ -319,37 +334,67 @@ class Chain:
         write_config(path, SegmentConfig(**values))
         return path
 
-    def segmentation_of(self, r: int) -> tuple[Path, str]:
+    def segmentation_of(self, r: int, threshold: float | None = None) -> tuple[Path, str]:
+        """Round r's segmentation dataset: at `threshold`, else at the one its segment
+        step used."""
         from connecto.tasks.segmentation.workflow import threshold_name
 
-        return self.round_dir(
-            r
-        ) / "segment.zarr", f"segmentation/{threshold_name(self.config.threshold)}"
+        if threshold is None and self.config.threshold != "painted":
+            threshold = self.config.threshold
+        if threshold is None:
+            step = "segment" if r == 0 else f"round-{r}-segment"
+            record = next((d for d in self.lineage() if d["step"] == step), {})
+            if record.get("state") != "done":
+                raise ConnectoError(f"step {step} has not run yet; run the chain from it")
+            threshold = record["stats"]["threshold"]
+        return self.round_dir(r) / "segment.zarr", f"segmentation/{threshold_name(threshold)}"
 
     def segment(self, r: int) -> dict[str, Any]:
+        """Fragments and graph of round r's affinities, then the segmentation at the
+        configured threshold or at the one the painting chooses."""
+        from connecto.tasks.segmentation.config import load_segment_config
         from connecto.tasks.segmentation.workflow import run_steps, segment_counts
 
+        painted = self.config.threshold == "painted"
+        thresholds = self.config.candidates if painted else [self.config.threshold]
         if r == 0:
             _, model = self._model_3d()
-            path = self._segment_config(0, model.neighborhood, None)
-            steps: tuple[str, ...] = SEGMENT_STEPS
+            checkpoint, steps = None, SEGMENT_STEPS
         else:
             checkpoint = self._checkpoint_of(f"round-{r}-train")
             model = TrainSetup(self.base, self.config.experiment, 1 + r).train_config()
-            path = self._segment_config(r, model.neighborhood, checkpoint)
             steps = ("predict", *SEGMENT_STEPS)
-        report = run_steps(path, steps, overwrite=True)
-        from connecto.tasks.segmentation.config import load_segment_config
-
+        path = self._segment_config(r, model.neighborhood, checkpoint, thresholds)
+        figures: dict[str, Any] = {}
+        if painted:  # graph first, then one segmentation at the painting's choice
+            report = run_steps(path, steps[:-1], overwrite=True)
+            choice = self._choose_threshold(path)
+            threshold = choice.threshold
+            path = self._segment_config(r, model.neighborhood, checkpoint, [threshold])
+            extracted = run_steps(path, ("extract",), overwrite=True)
+            report.warnings += [w for w in extracted.warnings if w not in report.warnings]
+            figures = {
+                "painted_scores": {
+                    "voi_split": round(choice.chosen.voi_split, 4),
+                    "voi_merge": round(choice.chosen.voi_merge, 4),
+                    "arand": round(choice.chosen.arand, 4),
+                },
+                "painted_voi": {f"{t:g}": round(s.voi, 4) for t, s in choice.scores.items()},
+            }
+        else:
+            report = run_steps(path, steps, overwrite=True)
+            threshold = self.config.threshold
         config, base = load_segment_config(path)
         counts = segment_counts(config, base)
-        container, dataset = self.segmentation_of(r)
+        container, dataset = self.segmentation_of(r, threshold)
         picture = write_overlay(
             (self.config.raw_container, self.config.raw_dataset), (container, dataset),
             self.round_dir(r) / "segmentation.png", roi=self.roi,
         )  # fmt: skip
         return {
-            "segments": counts.get(self.config.threshold),
+            "threshold": threshold,
+            "segments": counts.get(threshold),
+            **figures,
             "warnings": report.warnings,
             "outputs": {
                 "segmentation": f"{container}/{dataset}",
@@ -357,6 +402,18 @@ class Chain:
                 "picture": str(picture),
             },  # fmt: skip
         }
+
+    def _choose_threshold(self, segment_config: Path) -> Any:
+        from connecto.tasks.segmentation.config import load_segment_config
+
+        record = next((d for d in self.lineage() if d["step"] == "sparse-labels"), {})
+        _, painting = self._painting()
+        sections = record.get("stats", {}).get("painted_sections")
+        if sections is None:  # a chain recorded before; the painting says the same
+            data = painting.to_ndarray(painting.roi)
+            sections = [int(z) for z in np.flatnonzero((data > 0).any(axis=(1, 2)))]
+        config, _ = load_segment_config(segment_config)
+        return choose_threshold(config, painting, sections, self.config.candidates)
 
     def pseudo_labels(self, r: int) -> dict[str, Any]:
         out = self.round_dir(r) / PSEUDO_LABELS

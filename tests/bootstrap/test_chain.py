@@ -16,6 +16,7 @@ from pymongo import MongoClient
 
 from connecto.bootstrap.chain import Chain, load_bootstrap_config, run_chain
 from connecto.tasks.affinities_from_2d.synthetic import random_neurites
+from connecto.tasks.segmentation.workflow import threshold_name
 
 VOXEL = (40, 8, 8)
 SHAPE = (20, 64, 64)
@@ -63,7 +64,7 @@ base = "runs"
 raw_container = "data.zarr"
 raw_dataset = "raw"
 labels_dataset = "painting"
-threshold = 0.5
+# threshold: "painted" (the default): each round's chosen on the painted section
 # 2 iterations teach nothing: affinities near 0.5 everywhere, so a low boundary threshold
 segment = {table({"num_workers": 1, "block_size": [20, 32, 32], "boundary_threshold": 0.05})}
 
@@ -114,6 +115,11 @@ def test_the_chain_runs_records_its_lineage_and_resumes(
     assert lineage["round-1-train"]["parent"] == "round-1-pseudo-labels"
     assert lineage["round-1-pseudo-labels"]["parent"] == "segment"
     segmentation = open_ds(Path(lineage["segment"]["outputs"]["segmentation"]))
+    for step in ("segment", "round-1-segment"):  # each round's threshold chosen on the painting
+        stats = lineage[step]["stats"]
+        assert stats["threshold"] in config.candidates
+        assert min(stats["painted_voi"].values()) == stats["painted_voi"][f"{stats['threshold']:g}"]
+        assert lineage[step]["outputs"]["segmentation"].endswith(threshold_name(stats["threshold"]))
     assert segmentation.shape == SHAPE
     for step in ("segment", "round-1-segment"):  # sections over the raw, per round
         assert Path(lineage[step]["outputs"]["picture"]).stat().st_size > 0
@@ -158,3 +164,9 @@ def assert_same_predictions(mine: Any, chains: Any) -> None:
     torch threads sums in another order, and such a value may move by one."""
     difference = mine.to_ndarray(mine.roi).astype(int) - chains.to_ndarray(chains.roi)
     assert np.abs(difference).max() <= 1 and np.count_nonzero(difference) <= 10
+
+
+def test_the_shipped_cremi_config_loads() -> None:
+    example = Path(__file__).parents[2] / "experiments" / "bootstrap" / "cremi.toml"
+    config = load_bootstrap_config(example)
+    assert config.threshold == "painted" and config.rounds.count == 1

@@ -273,6 +273,14 @@ def lookup_table(
     return np.stack([ids, smallest[component]])
 
 
+def edge_scores(config: SegmentConfig, graph: MongoDBGraphDataBase) -> EdgeScores:
+    """Every edge's merge score as `extract` thresholds them: by affinity, or by affinity
+    and feature distance when the config names features."""
+    if config.features_container is not None:
+        return EdgeScores(*feature_edge_scores(graph, config))
+    return read_edge_scores(graph, config.merge_function)
+
+
 def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepResult:
     """One segmentation dataset per threshold: global agglomeration into a lookup
     table (saved under `luts/`), then a blockwise relabel of the fragments."""
@@ -294,10 +302,8 @@ def extract(config: SegmentConfig, base: Path, overwrite: bool = False) -> StepR
             lut.path.parent.mkdir(parents=True, exist_ok=True)
             with logs_in(base / "logs"):
                 task.drop()  # a new table invalidates the relabelled blocks
-            if scores is None and config.features_container is not None:
-                scores = EdgeScores(*feature_edge_scores(graph, config))
-            elif scores is None:
-                scores = read_edge_scores(graph, config.merge_function)
+            if scores is None:
+                scores = edge_scores(config, graph)
             lut.save(lookup_table(scores, threshold, config.agglomeration))
             made.append(name)
         else:
