@@ -193,6 +193,12 @@ def _apply_overrides(train: dict[str, Any], worker: dict[str, Any], overrides: l
             )
         key = key.strip()
         target, key = (worker, key[len("worker.") :]) if key.startswith("worker.") else (train, key)
+        # table.key reaches a key of a table (e.g. channel_augment.shuffle=false)
+        *tables, key = key.split(".")
+        for table in tables:
+            target = target.setdefault(table, {})
+            if not isinstance(target, dict):
+                raise ConnectoError(f"--set {item!r}: {table!r} is a value, not a table")
         target[key] = parse_cli_value(text)
 
 

@@ -368,3 +368,18 @@ def test_prepare_prediction_failing_write_takes_back_every_setup(
         prepare_prediction(train, [10, 20], check=refuse)
     assert [setup.predict_id for setup, _ in refused] == [0, 1]  # type: ignore[attr-defined]
     assert not (tmp_path / "exp" / "03_predict").exists()
+
+
+def test_set_reaches_keys_inside_a_table(tmp_path: Path, tracking_db: str) -> None:
+    """`--set channel_augment.shuffle=false` changes one key of the template's
+    `[channel_augment]` table and keeps the others; a value is not a table."""
+    _, train, _ = prepare_training(
+        tmp_path, "bc", 0, template="segmentation-barcodes",
+        overrides=["channel_augment.shuffle=false", "channel_augment.zero_probability=0.5"],
+    )  # fmt: skip
+    assert train.channel_augment["shuffle"] is False
+    assert train.channel_augment["zero_probability"] == 0.5
+    assert train.channel_augment["duplicate_probability"] == 0.1  # the template's, kept
+    with pytest.raises(ConnectoError, match="'fmaps' is a value, not a table"):
+        prepare_training(tmp_path, "bc", 1, template="segmentation-barcodes",
+                         overrides=["fmaps.x=1"])  # fmt: skip
