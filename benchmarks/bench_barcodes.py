@@ -81,25 +81,25 @@ def write_config(path: Path, values: dict) -> Path:
     return path
 
 
-def synthesize(work: Path) -> Path:
-    """The barcoded container of the chosen z slices (the whole NeuroProof y-x extent)."""
+def synthesize(work: Path, z_range: str = Z_RANGE, yx_range: str = YX_RANGE) -> Path:
+    """The barcoded container of the chosen z slices and y-x extent."""
     out = work / "barcodes.zarr"
     start = time.perf_counter()
     report = synthesize_barcodes_from_file(
-        out, None, BarcodeParameters(), crop=parse_crop(f"{Z_RANGE},{YX_RANGE}"), progress=False
+        out, None, BarcodeParameters(), crop=parse_crop(f"{z_range},{yx_range}"), progress=False
     )
     print(f"synthesized {out.name}: {report} ({time.perf_counter() - start:.0f} s)")
     return out
 
 
-def variants(data: Path) -> list[tuple[str, dict]]:
+def variants(data: Path, enhanced: str | None) -> list[tuple[str, dict]]:
     """(name, feature settings) per agglomeration, affinities alone first."""
     found: list[tuple[str, dict]] = [
         ("affinities", {}),
         ("raw barcodes", {"features_container": str(data), "features_dataset": "raw"}),
     ]
-    if ENHANCED:
-        container, dataset = ENHANCED.split(".zarr/", 1)
+    if enhanced:
+        container, dataset = enhanced.split(".zarr/", 1)
         found.append(("enhanced", {"features_container": container + ".zarr",
                                    "features_dataset": dataset}))  # fmt: skip
     found.append(("true barcodes", {"features_container": str(data),
@@ -107,9 +107,10 @@ def variants(data: Path) -> list[tuple[str, dict]]:
     return found
 
 
-def regions(data: Path) -> tuple[Roi, Roi]:
-    """The test and validation regions: the second and first half (z) of the volume."""
-    roi = open_volume(data, "labels").roi
+def regions(data: Path, evaluated: Roi | None = None) -> tuple[Roi, Roi]:
+    """The test and validation regions: the second and first half (z) of the volume, or
+    of its `evaluated` part."""
+    roi = evaluated or open_volume(data, "labels").roi
     half = roi.shape[0] // 2 // 10 * 10  # on the 10 nm grid
     validation = Roi(roi.offset, (half, *roi.shape[1:]))
     test = Roi((roi.offset[0] + half, *roi.offset[1:]), (roi.shape[0] - half, *roi.shape[1:]))
@@ -128,28 +129,35 @@ def best(scores: EdgeScores, frags: list[np.ndarray], truth: list[np.ndarray]) -
     return min(found, key=lambda item: item[0])
 
 
-def run_source(work: Path, data: Path, source: str, db_name: str) -> list[tuple[str, tuple]]:
-    """One affinity source (a degradation name or `checkpoint`): fragments and edges
-    once, then every variant (and feature weight) scored on the same graph; the
-    threshold and weight chosen on the validation half, the test half reported."""
-    test_roi, validation_roi = regions(data)
+def run_source(
+    work: Path, data: Path, source: str, db_name: str, checkpoint: str | None = None,
+    raw: tuple[str, str] | None = None, enhanced: str | None = ENHANCED,
+    evaluated: Roi | None = None, neighborhood: list | None = None,
+) -> list[tuple[str, tuple]]:  # fmt: skip
+    """One affinity source (a degradation name, or `checkpoint` predicting from `raw`,
+    default the data's raw channels): fragments and edges once, then every variant (and
+    feature weight) scored on the same graph; the threshold and weight chosen on the
+    validation half, the test half reported. `neighborhood`: the checkpoint's (default
+    the nearest neighbours)."""
+    test_roi, validation_roi = regions(data, evaluated)
+    raw_container, raw_dataset = raw or (str(data), "raw")
     values = {
-        "raw_container": str(data), "raw_dataset": "raw",
+        "raw_container": raw_container, "raw_dataset": raw_dataset,
         "labels_container": str(data), "labels_dataset": "labels",
         "output_container": str(work / source / "segment.zarr"),
         "roi": [list(test_roi.offset), list(test_roi.shape)],
         "validation_roi": [list(validation_roi.offset), list(validation_roi.shape)],
-        "neighborhood": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+        "neighborhood": neighborhood or [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
         "block_size": [64, 64, 64], "context": [8, 8, 8], "num_workers": WORKERS,
         "min_seed_distance": 4, "merge_function": "mean", "db_name": db_name,
         "graph": f"barcodes_{source}", "thresholds": THRESHOLDS,
     }  # fmt: skip
-    if source == "checkpoint":
-        values["checkpoint"] = CHECKPOINT
+    if checkpoint is not None:
+        values["checkpoint"] = checkpoint
     path = write_config(work / source / "segment_config.toml", values)
     start = time.perf_counter()
     config, base = load_segment_config(path)
-    if source != "checkpoint":
+    if checkpoint is None:
         gt_affinities(config, degradation=source, seed=0)
     run_steps(path, ["predict", "fragments", "agglomerate"])
     print(f"  {source}: affinities, fragments, edges ({time.perf_counter() - start:.0f} s)")
@@ -159,7 +167,7 @@ def run_source(work: Path, data: Path, source: str, db_name: str) -> list[tuple[
     truth = [labels.to_ndarray(test_roi), labels.to_ndarray(validation_roi)]
     graph = open_graph(config)
     results = []
-    for name, features in variants(data):
+    for name, features in variants(data, enhanced):
         start = time.perf_counter()
         if not features:
             chosen = (*best(read_edge_scores(graph, "mean"), frags, truth), None)
@@ -196,9 +204,14 @@ def main() -> None:
         data = synthesize(work)
         try:
             for source in sources:
-                table[source] = run_source(work, data, source, db_name)
+                checkpoint = CHECKPOINT if source == "checkpoint" else None
+                table[source] = run_source(work, data, source, db_name, checkpoint)
         finally:
             process_client().drop_database(db_name)
+    print_table(table)
+
+
+def print_table(table: dict[str, list]) -> None:
     print("\nVOI (lower is better) and ARAND on the test half; ratio = variant / affinities")
     for source, results in table.items():
         baseline = results[0][1][2]

@@ -179,11 +179,16 @@ def data_pipeline(
     lsd_reach = gp.Coordinate(
         math.ceil(3 * config.lsd_sigma / v) if config.lsds else 0 for v in voxel_size
     )
-    context = (
+    wanted = (
         output_reach(config.input_shape, config.network_output_shape)
         + gp.Coordinate((reach,) * 3)
         + lsd_reach
-    ) * voxel_size
+    )
+    # the affinities grow the labels' request on one side only, the gaussian on both: pad
+    # by more than the output plus the gaussian and an output can lie wholly in the
+    # padding on the other side (long offsets on a small volume), where Pad fails
+    most = gp.Coordinate(config.network_output_shape) - gp.Coordinate((1, 1, 1)) + lsd_reach
+    context = gp.Coordinate(min(w, m) for w, m in zip(wanted, most, strict=True)) * voxel_size
     sources = [
         gp.ArraySource(RAW, raw, interpolatable=True)
         + gp.Normalize(RAW, factor=raw_scale(raw.dtype))

@@ -129,3 +129,25 @@ def test_train_and_predict_multichannel(barcoded: Path, tmp_path: Path, db_name:
     assert affs.shape == (len(NEIGHBORHOOD), 24, 24, 12) and affs.dtype == np.uint8
     assert tuple(affs.voxel_size) == Coordinate(10, 10, 10)
     assert affs.to_ndarray(affs.roi).max() > 0
+
+
+def test_long_range_offsets_never_place_a_batch_outside_a_small_volume(barcoded: Path):
+    """Offsets of 27 voxels on a 40-voxel volume: the labels' padding once let a random
+    output lie wholly beyond the volume, and gunpowder's Pad of the raw failed there
+    (training on a 64-voxel-wide barcoded crop crashed within a few batches)."""
+    far = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 27, 0], [0, 0, 27], [12, 0, 0]]
+    config = SegmentationTrainConfig(
+        raw_container=str(barcoded), raw_dataset="raw", labels_dataset="labels",
+        in_channels=CHANNELS, neighborhood=far, voxel_size=(10, 10, 10), **SMALL_NET,
+    )  # fmt: skip
+    raw, labels = open_raw(barcoded, "raw"), open_raw(barcoded, "labels")
+    pipeline = data_pipeline(config, raw, labels, None, labels.roi)
+    request = batch_request(config, with_unlabelled=False)
+    for key in list(request.array_specs):
+        if str(key).startswith("PRED"):
+            del request[key]
+    np.random.seed(0)
+    with gp.build(pipeline):
+        for _ in range(60):
+            batch = pipeline.request_batch(request)
+            assert batch[GT_AFFS].spec.roi.intersects(labels.roi)
