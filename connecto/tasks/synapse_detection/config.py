@@ -64,6 +64,14 @@ class SynapseDetectionTrainConfig(TrainingSettings):
         "(connected components); evaluation sweeps thresholds on the probabilities",
     )
     min_detection_voxels: PositiveInt = Field(default=3, description="smaller components dropped")
+    split_by_contour: bool = Field(
+        default=False,
+        description="split components along the contour output: touching synapses' masks "
+        "join, their outlines between them do not",
+    )
+    contour_threshold: Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.5, description="contour probability above which a mask voxel is outline"
+    )
     detection_score: Literal["max", "mean"] = "max"
     assign_radius_nm: float = Field(
         default=80.0, gt=0, description="neighbourhood around a detection that picks its neurons"

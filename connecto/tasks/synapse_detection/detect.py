@@ -110,15 +110,46 @@ class Detections:
                           self.pre[keep], self.post[keep])  # fmt: skip
 
 
+def probabilities(prediction: Array, roi: Roi) -> np.ndarray:
+    """(2, z, y, x) float32 in [0, 1]: mask and contour of a `synapse_probability`
+    prediction (uint8 as value * 255, or float) over `roi`."""
+    values = prediction.to_ndarray(roi, fill_value=0).astype(np.float32)
+    if np.issubdtype(prediction.dtype, np.integer):
+        values /= 255.0
+    return values
+
+
+def split_by_contour(
+    mask: np.ndarray, probability: np.ndarray, contour: np.ndarray, contour_threshold: float
+) -> np.ndarray:  # fmt: skip
+    """Labels of the voxels of `mask`: the cores (mask voxels the `contour` probability does
+    not claim, 6-connected components) are seeds, and every mask voxel joins the core it
+    reaches first through the mask (watershed on the mask probability); a component
+    without a core stays whole. Two touching synapses' masks join, their outlines between
+    them do not."""
+    from skimage.segmentation import watershed
+
+    cores = cc3d.connected_components(mask & (contour < contour_threshold), connectivity=6)
+    labels = watershed(-probability, markers=cores, mask=mask).astype(np.int64)
+    coreless = cc3d.connected_components(mask & (labels == 0), connectivity=26)
+    return np.where(coreless > 0, coreless.astype(np.int64) + labels.max(), labels)
+
+
 def find_detections(
     probability: np.ndarray, voxel_size: Sequence[int], offset: Sequence[int], threshold: float,
-    min_voxels: int = 1, score: str = "max",
+    min_voxels: int = 1, score: str = "max", contour: np.ndarray | None = None,
+    contour_threshold: float = 0.5,
 ) -> Detections:  # fmt: skip
     """Connected components of `probability` (z, y, x, values in [0, 1]) above
     `threshold`, with at least `min_voxels` voxels; centres in nm (voxel centres, weighted
-    by probability)."""
+    by probability). With `contour` (the contour channel, same shape), components are
+    split along it (`split_by_contour`)."""
     probability = np.asarray(probability, dtype=np.float32)
-    components = cc3d.connected_components(probability > threshold, connectivity=26)
+    mask = probability > threshold
+    if contour is None:
+        components = cc3d.connected_components(mask, connectivity=26)
+    else:
+        components = split_by_contour(mask, probability, np.asarray(contour), contour_threshold)
     count = int(components.max())
     if count == 0:
         return Detections(np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0))

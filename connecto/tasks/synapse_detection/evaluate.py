@@ -26,6 +26,7 @@ from connecto.tasks.synapse_detection.detect import (
     GroundTruth,
     assign_neurons,
     find_detections,
+    probabilities,
 )
 
 SCORE_KIND = "synapse-detection"
@@ -142,14 +143,17 @@ def sweep_curve(
     truth: GroundTruth, tolerance_nm: float, thresholds: Sequence[float],
     min_voxels: int = 1, score: str = "max", segmentation: Array | None = None,
     markers: Array | None = None, assign_radius_nm: float = 80.0,
+    contour: np.ndarray | None = None, contour_threshold: float = 0.5,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The PR curve of detections made anew at each threshold: connected components of
     `probability` (z, y, x in [0, 1] at `offset`) above it, assigned to neurons when a
     `segmentation` is given. Unlike filtering one set of detections by score, a lower
-    threshold here can also merge nearby synapses, as it would in use."""
+    threshold here can also merge nearby synapses, as it would in use; with `contour`
+    they are split along it."""
     curve = []
     for threshold in thresholds:
-        found = find_detections(probability, voxel_size, offset, threshold, min_voxels, score)
+        found = find_detections(probability, voxel_size, offset, threshold, min_voxels, score,
+                                contour, contour_threshold)  # fmt: skip
         if segmentation is not None:
             found = assign_neurons(found, segmentation, markers, assign_radius_nm)
         point = pr_curve(found, truth, tolerance_nm, [0.0])[0]
@@ -261,15 +265,14 @@ def evaluate_probability(
 
     _check_tolerance(tolerance_nm)
     truth = truth.inside(roi)
-    values = probability.to_ndarray(roi, fill_value=0)[0].astype(np.float32)
-    if np.issubdtype(probability.dtype, np.integer):
-        values /= 255.0
+    mask, contour = probabilities(probability, roi)
     voxel_size = Coordinate(probability.voxel_size)
     segmentation, markers = assignment_arrays(config, roi)
     curve = sweep_curve(
-        values, voxel_size, roi.offset, truth, tolerance_nm, thresholds,
+        mask, voxel_size, roi.offset, truth, tolerance_nm, thresholds,
         config.min_detection_voxels, config.detection_score, segmentation, markers,
-        config.assign_radius_nm,
+        config.assign_radius_nm, contour if config.split_by_contour else None,
+        config.contour_threshold,
     )  # fmt: skip
     return finish_evaluation(curve, len(truth.centres), tolerance_nm, name, plot_dir,
                              COMPONENT_SWEEP)  # fmt: skip

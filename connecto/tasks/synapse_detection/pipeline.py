@@ -95,16 +95,19 @@ def render_targets(
     roi: Roi, voxel_size: Coordinate, centres: np.ndarray, radius_nm: float, contour_width: int
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(mask, contour) uint8 over `roi`: balls of `radius_nm` around `centres` ((n, 3) nm,
-    z, y, x) and their outline, `contour_width` voxels thick inside each ball. A ball cut
-    by the ROI has no outline along the cut (rendered on a grown ROI, then cropped)."""
+    z, y, x) and their outline, `contour_width` voxels thick inside each ball; where two
+    balls overlap each voxel belongs to the nearer centre, so touching synapses are
+    outlined where they meet, and the contour output can split them. A ball cut by the
+    ROI has no outline along the cut (rendered on a grown ROI, then cropped)."""
     grow = Coordinate((contour_width,) * 3) * voxel_size
     grown = roi.grow(grow, grow)
     shape = grown.shape / voxel_size
-    mask = np.zeros(shape, dtype=bool)
+    ball_of = np.zeros(shape, dtype=np.int32)  # 0: no ball; else 1 + the nearest centre
+    nearest = np.full(shape, np.inf)
     size = np.asarray(voxel_size, dtype=np.float64)
     begin = np.asarray(grown.begin, dtype=np.float64)
     reach = np.ceil(radius_nm / size).astype(int) + 1
-    for centre in np.asarray(centres, dtype=np.float64).reshape(-1, 3):
+    for number, centre in enumerate(np.asarray(centres, dtype=np.float64).reshape(-1, 3), 1):
         # voxel centres are at begin + (i + 0.5) * size
         middle = np.floor((centre - begin) / size).astype(int)
         low = np.maximum(middle - reach, 0)
@@ -114,9 +117,18 @@ def render_targets(
         axes = [(np.arange(lo, hi) + 0.5) * s + b - c for lo, hi, s, b, c
                 in zip(low, high, size, begin, centre, strict=True)]  # fmt: skip
         dz, dy, dx = np.meshgrid(*axes, indexing="ij", sparse=True)
-        ball = dz**2 + dy**2 + dx**2 <= radius_nm**2
-        mask[tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))] |= ball
-    inner = ndimage.binary_erosion(mask, iterations=contour_width, border_value=1)
+        distance = dz**2 + dy**2 + dx**2
+        box = tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))
+        closer = (distance <= radius_nm**2) & (distance < nearest[box])
+        ball_of[box][closer] = number
+        nearest[box][closer] = distance[closer]
+    mask = ball_of > 0
+    # inside: every voxel within contour_width steps (6-connected) is of the same ball;
+    # beyond the array the edge repeats, so a cut has no outline
+    steps = ndimage.iterate_structure(ndimage.generate_binary_structure(3, 1), contour_width)
+    inner = (ndimage.maximum_filter(ball_of, footprint=steps, mode="nearest") == ball_of) & (
+        ndimage.minimum_filter(ball_of, footprint=steps, mode="nearest") == ball_of
+    )
     contour = mask & ~inner
     crop = tuple(slice(contour_width, s - contour_width) for s in shape)
     return mask[crop].astype(np.uint8), contour[crop].astype(np.uint8)

@@ -32,6 +32,7 @@ from connecto.tasks.synapse_detection.detect import (
     Detections,
     assign_neurons,
     find_detections,
+    probabilities,
     write_detections,
 )
 from connecto.tasks.synapse_detection.model import MODEL_KEYS, OUT_CHANNELS, build_model
@@ -113,13 +114,12 @@ def detect_in_prediction(
     """Detections of the mask channel of `probability` (uint8 or float) over `roi`,
     assigned to neurons of the configured segmentation."""
     roi = probability.roi if roi is None else roi
-    values = probability.to_ndarray(roi, fill_value=0)[0].astype(np.float32)
-    if np.issubdtype(probability.dtype, np.integer):
-        values /= 255.0
+    mask, contour = probabilities(probability, roi)
     detections = find_detections(
-        values, probability.voxel_size, roi.offset,
+        mask, probability.voxel_size, roi.offset,
         config.detection_threshold if threshold is None else threshold,
         config.min_detection_voxels, config.detection_score,
+        contour if config.split_by_contour else None, config.contour_threshold,
     )  # fmt: skip
     segmentation, markers = assignment_arrays(config, roi)
     return assign_neurons(detections, segmentation, markers, config.assign_radius_nm)

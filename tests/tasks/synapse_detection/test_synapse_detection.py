@@ -163,6 +163,26 @@ def test_targets_are_balls_with_their_outline():
     cut, cut_contour = render_targets(Roi((0, 0, 100), (200, 200, 100)), Coordinate(VOXEL_SIZE),
                                       np.array([[100, 100, 100]]), 40, 1)  # fmt: skip
     assert cut[10, 10, 0] == 1 and cut_contour[10, 10, 0] == 0
+    # two overlapping balls: one mask, outlined where they meet (each voxel to the nearer)
+    pair = np.array([[100, 100, 70], [100, 100, 130]])
+    both, outline = render_targets(roi, Coordinate(VOXEL_SIZE), pair, 40, 1)
+    assert both[10, 10, 4:16].all() and outline[10, 10, 9:11].all()  # the meeting plane
+    assert outline[10, 10, 7] == 0 and outline[10, 10, 13] == 0  # the balls' insides
+
+
+def test_touching_synapses_split_along_the_contour():
+    """Two overlapping balls form one component of the mask; their contour, outlined
+    where they meet, splits it into two detections at the right centres."""
+    roi = Roi((0, 0, 0), (200, 200, 200))
+    pair = np.array([[100, 100, 70], [100, 100, 130]])
+    mask, contour = render_targets(roi, Coordinate(VOXEL_SIZE), pair, 40, 1)
+    probability = mask.astype(np.float32) * 0.9
+    assert len(find_detections(probability, VOXEL_SIZE, (0, 0, 0), 0.5)) == 1
+    split = find_detections(probability, VOXEL_SIZE, (0, 0, 0), 0.5,
+                            contour=contour.astype(np.float32))  # fmt: skip
+    assert len(split) == 2
+    assert np.allclose(np.sort(split.centres[:, 2]), [70, 130], atol=5)
+    assert split.sizes.sum() == mask.sum()  # the outline voxels joined their cores
 
 
 def test_the_weighted_bce_ignores_zero_weights():
