@@ -12,8 +12,10 @@ Training reads z < 800 nm, the held-out evaluation region is z >= 800 nm.
   within TOLERANCE_NM).
 - Printed: F1 (precision, recall) at the best threshold, the PR curve, and the fraction of
   matched detections assigned to the right (pre, post) neuron pair (and to the right pair
-  in either order), from the true segmentation. For scale: the same metrics of a baseline
-  without learning (connected components of the smoothed product of the two markers).
+  in either order), from the true segmentation; then the same for the prediction's
+  components split along the contour output (`split_by_contour`). For scale: the same
+  metrics of a baseline without learning (connected components of the smoothed product of
+  the two markers).
 
 Whole benchmark: ~10 min on 2 CPU cores (training 480 s of it). BENCH_DETECTION_TRAIN_S
 changes the budget.
@@ -27,11 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomli_w
 from funlib.geometry import Roi
 from funlib.persistence import Array
 from scipy import ndimage
@@ -151,6 +155,13 @@ def run(base: Path, db_name: str) -> None:
     print(f"prediction + detection: {time.perf_counter() - start:.0f} s", flush=True)
     for result in evaluate_in_setup(setup.path, TOLERANCE_NM):
         print(result.report())
+        print_curve(result.curve)
+    # the same prediction, its components split along the contour output
+    config_path = setup.path / "train_config.toml"
+    values = tomllib.loads(config_path.read_text())
+    config_path.write_text(tomli_w.dumps({**values, "split_by_contour": True}))
+    for result in evaluate_in_setup(setup.path, TOLERANCE_NM, store=False):
+        print("split along the contour output: " + result.report())
         print_curve(result.curve)
     roi = Roi((800, 0, 0), (400, 1600, 1600))
     baseline(config, roi, TOLERANCE_NM, db_name, container)
