@@ -32,11 +32,10 @@ from funlib.geometry import Roi
 from funlib.persistence import open_ds
 
 from benchmarks.bench_barcodes import print_table, run_source, synthesize
-from benchmarks.bench_prism import slab, train_setup
+from benchmarks.bench_prism import slab, timed_training, train_setup
 from connecto.db.graph import process_client
 from connecto.experiment import prepare_training
 from connecto.tasks.barcode_enhancement.predict import predict_enhanced
-from connecto.train import train
 
 Z_RANGE = os.environ.get("BENCH_BARCODE_INPUTS_Z", "0:250")
 YX_RANGE = os.environ.get("BENCH_BARCODE_INPUTS_YX", "0:128,0:128")
@@ -73,12 +72,7 @@ def train_mtlsd(work: Path, data: Path, raw: tuple[str, str], train_id: int, ite
         work / "runs", "bench_inputs", train_id, template="segmentation-barcodes",
         overrides=overrides,
     )  # fmt: skip
-    start = time.perf_counter()
-    result = train(setup, iterations, progress=False)
-    elapsed = time.perf_counter() - start
-    line = (f"MTLSD from {raw[1]}: {iterations} iterations in {elapsed:.0f} s "
-            f"({elapsed / iterations:.2f} s/it), last loss {result.last_loss:.4f}")  # fmt: skip
-    print(line, flush=True)
+    line = timed_training(setup, iterations, f"MTLSD from {raw[1]}")
     neighborhood = [list(o) for o in setup.train_config().neighborhood]
     return str(setup.checkpoint(iterations)), neighborhood, line
 

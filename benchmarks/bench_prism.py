@@ -130,13 +130,18 @@ def train_setup(work: Path, data: Path, task: str, train_id: int, iterations: in
     ] + [f"{k}={v}" for k, v in NETWORK.items()]  # fmt: skip
     setup, _, _ = prepare_training(work / "runs", "bench_prism", train_id, task=task,
                                    overrides=overrides)  # fmt: skip
+    return setup, timed_training(setup, iterations, task)
+
+
+def timed_training(setup: TrainSetup, iterations: int, what: str) -> str:
+    """Train `setup` to `iterations`; the printed line saying how long it took."""
     start = time.perf_counter()
     result = train(setup, iterations, progress=False)
     elapsed = time.perf_counter() - start
-    line = (f"{task}: {iterations} iterations in {elapsed:.0f} s "
+    line = (f"{what}: {iterations} iterations in {elapsed:.0f} s "
             f"({elapsed / iterations:.2f} s/it), last loss {result.last_loss:.4f}")  # fmt: skip
     print(line, flush=True)
-    return setup, line
+    return line
 
 
 def best_threshold(means: np.ndarray, truth: np.ndarray, per_channel: bool) -> np.ndarray:

@@ -63,6 +63,15 @@ def barcoded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def targets_request(config: SegmentationTrainConfig) -> gp.BatchRequest:
+    """A training batch's request without the network's outputs (no model runs here)."""
+    request = batch_request(config, with_unlabelled=False)
+    for key in list(request.array_specs):
+        if str(key).startswith("PRED"):
+            del request[key]
+    return request
+
+
 def test_model_takes_channels_and_channel_count_is_checked(barcoded: Path):
     model = MtlsdModel(6, 3, 2, [(2, 2, 2)], in_channels=CHANNELS)
     lsds, affs = model(torch.zeros(2, CHANNELS, 28, 28, 28))
@@ -82,10 +91,7 @@ def test_pipeline_keeps_channels_through_augmentations(barcoded: Path):
     )  # fmt: skip
     raw, labels = open_raw(barcoded, "raw"), open_raw(barcoded, "labels")
     pipeline = data_pipeline(config, raw, labels, None, labels.roi)
-    request = batch_request(config, with_unlabelled=False)
-    for key in list(request.array_specs):
-        if str(key).startswith("PRED"):
-            del request[key]
+    request = targets_request(config)
     with gp.build(pipeline):
         batch = pipeline.request_batch(request)
     data = batch[RAW].data
@@ -142,10 +148,7 @@ def test_long_range_offsets_never_place_a_batch_outside_a_small_volume(barcoded:
     )  # fmt: skip
     raw, labels = open_raw(barcoded, "raw"), open_raw(barcoded, "labels")
     pipeline = data_pipeline(config, raw, labels, None, labels.roi)
-    request = batch_request(config, with_unlabelled=False)
-    for key in list(request.array_specs):
-        if str(key).startswith("PRED"):
-            del request[key]
+    request = targets_request(config)
     np.random.seed(0)
     with gp.build(pipeline):
         for _ in range(60):
