@@ -14,6 +14,7 @@ prediction tiles, and show the tiles' seams).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from funlib.persistence import Array
@@ -35,13 +36,34 @@ def check_percentiles(percentiles: Sequence[float] | None) -> None:
             )
 
 
-def section_levels(stack: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+def _stride(height: int, width: int) -> int:
+    """Every how many pixels (in y and x) a section is sampled: SAMPLE_PIXELS at most."""
+    return max(1, int(np.ceil(np.sqrt(height * width / SAMPLE_PIXELS))))
+
+
+def section_levels(stack: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
     """(2, C, z) low and high percentile of every channel in every section of `stack`
     (C, z, y, x), in `stack`'s units."""
     n_channels, depth, height, width = stack.shape
-    stride = max(1, int(np.ceil(np.sqrt(height * width / SAMPLE_PIXELS))))
+    stride = _stride(height, width)
     sample = stack[:, :, ::stride, ::stride].reshape(n_channels, depth, -1)
     return np.percentile(sample, percentiles, axis=2).astype(np.float32)
+
+
+def stored_section_levels(data: Any, sections: range, percentiles: Sequence[float]) -> (
+    np.ndarray
+):  # fmt: skip
+    """`section_levels` of the `sections` of a stored (C, z, y, x) or (z, y, x) array
+    (zarr, or anything indexed alike; no channel axis: C = 1), read one strided section at
+    a time, so a volume never has to fit in memory."""
+    channels = data.shape[0] if data.ndim == 4 else 1
+    stride = _stride(*data.shape[-2:])
+    levels = np.empty((2, channels, len(sections)), dtype=np.float32)
+    for i, z in enumerate(sections):
+        section = data[:, z, ::stride, ::stride] if data.ndim == 4 else data[z, ::stride, ::stride]
+        sample = np.asarray(section, dtype=np.float32).reshape(channels, -1)
+        levels[:, :, i] = np.percentile(sample, percentiles, axis=1)
+    return levels
 
 
 def stretch(stack: np.ndarray, levels: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -56,22 +78,15 @@ def stretch(stack: np.ndarray, levels: np.ndarray, scale: float = 1.0) -> np.nda
 def volume_section_levels(raw: Array, percentiles: Sequence[float]) -> np.ndarray:
     """(2, z) low and high percentile of every section of a single-channel `raw` volume
     (z, y, x), in [0, 1] units (`raw_scale`), each section read strided (a sample)."""
-    source = raw.data
-    depth, height, width = source.shape
-    stride = max(1, int(np.ceil(np.sqrt(height * width / SAMPLE_PIXELS))))
-    levels = np.empty((2, depth), dtype=np.float32)
-    for z in range(depth):
-        sample = np.asarray(source[z, ::stride, ::stride], dtype=np.float32)
-        levels[:, z] = np.percentile(sample, percentiles)
+    levels = stored_section_levels(raw.data, range(raw.data.shape[0]), percentiles)[:, 0]
     return levels * np.float32(raw_scale(raw.dtype))
 
 
 def stretch_sections(sections: np.ndarray, levels: np.ndarray, first: int) -> np.ndarray:
     """`sections` (z, y, x) in [0, 1] (changed in place and returned) whose section 0 is
     section `first` of `levels` (2, z_total); sections outside `levels` (padding) stay."""
-    inside = range(max(0, -first), min(len(sections), levels.shape[1] - first))
-    for i in inside:
-        low, high = levels[:, first + i]
-        span = max(float(high - low), MIN_SPAN)
-        np.clip((sections[i] - low) / span, 0.0, 1.0, out=sections[i])
+    inside = slice(max(0, -first), max(0, min(len(sections), levels.shape[1] - first)))
+    if inside.start < inside.stop:
+        window = levels[:, None, first + inside.start : first + inside.stop]
+        sections[inside] = stretch(sections[None, inside], window)[0]
     return sections

@@ -22,7 +22,7 @@ from connecto.checkpoints import default_device, load_weights, read_checkpoint
 from connecto.data.volumes import prepare_channels
 from connecto.tasks.affinities_from_2d.config import LSD_2D_CHANNELS, AffinitiesFrom2dTrainConfig
 from connecto.tasks.affinities_from_2d.model import AffinitiesFrom2dModel, build_model
-from connecto.tasks.section_contrast import section_levels, stretch
+from connecto.tasks.section_contrast import stored_section_levels, stretch
 
 MODEL_KEYS = "input_offsets, input_lsds, neighborhood, fmaps, fmap_inc_factor, downsample_factors"
 
@@ -83,10 +83,12 @@ def _levels(config: AffinitiesFrom2dTrainConfig, inputs: list[Array], roi: Roi) 
     would show the tiles' seams), or None when the model takes inputs as they are."""
     if config.section_percentiles is None:
         return None
-    whole = inputs[0].roi
-    sections = Roi((roi.begin[0], *whole.begin[1:]), (roi.shape[0], *whole.shape[1:]))
-    stack = np.concatenate([a.to_ndarray(sections) for a in inputs])
-    return section_levels(stack, config.section_percentiles)
+    levels = []
+    for array in inputs:  # section by section, strided: a stack need not fit in memory
+        first = (roi.begin[0] - array.roi.begin[0]) // array.voxel_size[0]
+        sections = range(first, first + roi.shape[0] // array.voxel_size[0])
+        levels.append(stored_section_levels(array.data, sections, config.section_percentiles))
+    return np.concatenate(levels, axis=1)
 
 
 def _scaled(stack: np.ndarray, levels: np.ndarray | None, first: int) -> np.ndarray:

@@ -20,7 +20,12 @@ from connecto.tasks.affinities_from_2d.synthetic import (
     simulate_2d_predictions,
     split_labels,
 )
-from connecto.tasks.section_contrast import section_levels, stretch
+from connecto.tasks.section_contrast import (
+    section_levels,
+    stored_section_levels,
+    stretch,
+    stretch_sections,
+)
 
 VOXEL = (40, 8, 8)
 SHAPE = (16, 64, 64)
@@ -223,6 +228,28 @@ def test_stretching_undoes_a_section_s_compressed_contrast():
     np.testing.assert_allclose(restored, exact, atol=1e-5)
     flat = np.full((1, 2, 8, 8), 0.7, dtype=np.float32)  # no contrast: not blown up
     assert np.all(stretch(flat, section_levels(flat, (1.0, 99.0))) == 0)
+
+
+def test_stored_levels_read_section_by_section_equal_the_in_memory_ones(tmp_path) -> None:
+    """Levels of a stored stack, read one section at a time, and the in-memory stretch
+    of single-channel sections agree with the stack functions."""
+    import zarr
+
+    stack = np.random.default_rng(0).random((3, 5, 40, 30)).astype(np.float32)
+    stored = zarr.open(str(tmp_path / "stack.zarr"), mode="w", shape=stack.shape,
+                       chunks=(3, 1, 16, 16), dtype=np.float32)  # fmt: skip
+    stored[:] = stack
+    expected = section_levels(stack, (1.0, 99.0))
+    np.testing.assert_allclose(stored_section_levels(stored, range(5), (1.0, 99.0)), expected)
+    np.testing.assert_allclose(stored_section_levels(stored, range(2, 4), (1.0, 99.0)),
+                               expected[:, :, 2:4])  # fmt: skip
+    single = stored_section_levels(stack[0], range(5), (1.0, 99.0))  # (z, y, x): C = 1
+    np.testing.assert_allclose(single, expected[:, :1])
+    # sections 1..4 of a 5-section volume, the first of them padding (-1)
+    part = np.concatenate([np.full((1, 40, 30), 0.5, np.float32), stack[0, :4]])
+    stretched = stretch_sections(part.copy(), single[:, 0], -1)
+    assert np.all(stretched[0] == 0.5)  # padding stays as it is
+    np.testing.assert_allclose(stretched[1:], stretch(stack[:1, :4], expected[:, :1, :4])[0])
 
 
 def test_missing_sections_are_near_constant_and_only_at_their_rate():
