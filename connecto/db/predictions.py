@@ -38,12 +38,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
@@ -55,9 +54,8 @@ from connecto.db.tracking import (
     PREDICTIONS,
     claim_collection,
     ensure_indexes,
-    git_commit,
-    now,
     settle_vanished,
+    upsert_document,
 )
 from connecto.names import check_name, predictions_database_name
 
@@ -393,20 +391,7 @@ def _migrate_in_order(collection: Collection, order: list[str]) -> int:
 def track_prediction_run(db: Database, setup_dir: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Create or update the `predictions` tracking document of a predict setup."""
     ensure_indexes(db)
-    return db[PREDICTIONS].find_one_and_update(
-        {"setup_dir": setup_dir},
-        {
-            "$setOnInsert": {"created": now()},
-            "$set": {
-                **fields,
-                "updated": now(),
-                "host": socket.gethostname(),
-                "git_commit": git_commit(),
-            },
-        },
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
+    return upsert_document(db[PREDICTIONS], {"setup_dir": setup_dir}, fields)
 
 
 def list_prediction_runs(db: Database, experiment: str | None = None) -> list[dict[str, Any]]:

@@ -86,6 +86,23 @@ def find_score(db: Database, kind: str, key: str) -> dict[str, Any] | None:
     return db[SCORES].find_one({"kind": kind, "key": key})
 
 
+def upsert_document(
+    collection: Collection, selector: dict[str, Any], fields: dict[str, Any], commit: bool = True
+) -> dict[str, Any]:  # fmt: skip
+    """Create or update the document of `collection` matching `selector`: `fields` set,
+    stamped with the time, the host and (with `commit`) the code's git commit; the
+    creation time stays."""
+    stamp = {"updated": now(), "host": socket.gethostname()}
+    if commit:
+        stamp["git_commit"] = git_commit()
+    return collection.find_one_and_update(
+        selector,
+        {"$setOnInsert": {"created": now()}, "$set": {**fields, **stamp}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+
+
 def register_experiment(db: Database, base: str, name: str) -> dict[str, Any]:
     ensure_indexes(db)
     return db[EXPERIMENTS].find_one_and_update(
@@ -102,15 +119,7 @@ def register_experiment(db: Database, base: str, name: str) -> dict[str, Any]:
 def upsert_run(db: Database, setup_dir: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Create or update the run document of a train setup."""
     ensure_indexes(db)
-    return db[RUNS].find_one_and_update(
-        {"setup_dir": setup_dir},
-        {
-            "$setOnInsert": {"created": now()},
-            "$set": {**fields, "updated": now(), "host": socket.gethostname()},
-        },
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
+    return upsert_document(db[RUNS], {"setup_dir": setup_dir}, fields, commit=False)
 
 
 def list_runs(
@@ -184,16 +193,8 @@ def record_lineage(
     step it was made from; `outputs`, `stats`, `state`)."""
     ensure_indexes(db)
     register_experiment(db, base, experiment)
-    return db[LINEAGE].find_one_and_update(
-        {"base": base, "experiment": experiment, "step": step},
-        {
-            "$setOnInsert": {"created": now()},
-            "$set": {**fields, "updated": now(), "host": socket.gethostname(),
-                     "git_commit": git_commit()},
-        },
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )  # fmt: skip
+    selector = {"base": base, "experiment": experiment, "step": step}
+    return upsert_document(db[LINEAGE], selector, fields)
 
 
 def list_lineage(db: Database, base: str, experiment: str) -> list[dict[str, Any]]:

@@ -23,7 +23,6 @@ expected and written counts, checkpoint, process), as `predict` tracks its runs.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
@@ -39,7 +38,7 @@ from pymongo.errors import BulkWriteError
 from connecto import ConnectoError
 from connecto.db.client import get_database, tracking_database
 from connecto.db.synapse_rows import PARTS
-from connecto.db.tracking import claim_collection, git_commit, now, settle_vanished
+from connecto.db.tracking import claim_collection, now, settle_vanished, upsert_document
 from connecto.experiment import CHECKPOINT_PREFIX, TrainSetup, find_setup
 from connecto.names import check_name
 from connecto.processes import process_record
@@ -176,16 +175,7 @@ def track_embedding_run(
     """Create or update the tracking document of an embeddings collection."""
     runs = tracking[TRACKING_COLLECTION]
     runs.create_index([("database", ASCENDING), ("collection", ASCENDING)], unique=True)
-    return runs.find_one_and_update(
-        {"database": database, "collection": collection},
-        {
-            "$setOnInsert": {"created": now()},
-            "$set": {**fields, "updated": now(), "host": socket.gethostname(),
-                     "git_commit": git_commit()},
-        },
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )  # fmt: skip
+    return upsert_document(runs, {"database": database, "collection": collection}, fields)
 
 
 def list_embedding_runs(tracking: Database) -> list[dict[str, Any]]:
