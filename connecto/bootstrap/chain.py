@@ -29,7 +29,7 @@ from funlib.geometry import Roi
 from pydantic import BaseModel, ConfigDict, Field
 
 from connecto import ConnectoError
-from connecto.bootstrap.painted import CANDIDATES, choose_threshold
+from connecto.bootstrap.painted import CANDIDATES, PaintedChoice, choose_threshold
 from connecto.bootstrap.pseudo_labels import SegmentFilter, make_pseudo_labels
 from connecto.config import ConfigModel, PositiveInt, load_config, write_config
 from connecto.data.volumes import open_raw
@@ -259,11 +259,15 @@ class Chain:
         checkpoint = self._train(0, "segmentation-2d", {**self._data_keys(), **labels}, step)
         return {"checkpoint": str(checkpoint), "iterations": step.iterations}
 
-    def _checkpoint_of(self, step_name: str) -> Path:
+    def _stats_of(self, step_name: str) -> dict[str, Any]:
+        """What a done step recorded."""
         record = next((d for d in self.lineage() if d["step"] == step_name), None)
         if record is None or record.get("state") != "done":
             raise ConnectoError(f"step {step_name} has not run yet; run the chain from it")
-        return Path(record["stats"]["checkpoint"])
+        return record["stats"]
+
+    def _checkpoint_of(self, step_name: str) -> Path:
+        return Path(self._stats_of(step_name)["checkpoint"])
 
     def predict_2d(self) -> dict[str, Any]:
         from connecto.tasks.segmentation_2d.predict import predict_sections, train_config_of
@@ -342,11 +346,7 @@ class Chain:
         if threshold is None and self.config.threshold != "painted":
             threshold = self.config.threshold
         if threshold is None:
-            step = "segment" if r == 0 else f"round-{r}-segment"
-            record = next((d for d in self.lineage() if d["step"] == step), {})
-            if record.get("state") != "done":
-                raise ConnectoError(f"step {step} has not run yet; run the chain from it")
-            threshold = record["stats"]["threshold"]
+            threshold = self._stats_of("segment" if r == 0 else f"round-{r}-segment")["threshold"]
         return self.round_dir(r) / "segment.zarr", f"segmentation/{threshold_name(threshold)}"
 
     def segment(self, r: int) -> dict[str, Any]:
@@ -403,16 +403,12 @@ class Chain:
             },  # fmt: skip
         }
 
-    def _choose_threshold(self, segment_config: Path) -> Any:
+    def _choose_threshold(self, segment_config: Path) -> PaintedChoice:
         from connecto.tasks.segmentation.config import load_segment_config
 
-        record = next((d for d in self.lineage() if d["step"] == "sparse-labels"), {})
-        _, painting = self._painting()
-        sections = record.get("stats", {}).get("painted_sections")
-        if sections is None:  # a chain recorded before; the painting says the same
-            data = painting.to_ndarray(painting.roi)
-            sections = [int(z) for z in np.flatnonzero((data > 0).any(axis=(1, 2)))]
+        sections = self._stats_of("sparse-labels")["painted_sections"]
         config, _ = load_segment_config(segment_config)
+        _, painting = self._painting()
         return choose_threshold(config, painting, sections, self.config.candidates)
 
     def pseudo_labels(self, r: int) -> dict[str, Any]:
