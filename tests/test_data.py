@@ -11,12 +11,19 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from funlib.geometry import Coordinate, Roi
 
 from connecto import ConnectoError
 from connecto.data.ingest import DONE_ATTR, ingest
 from connecto.data.synthetic import class_properties, make_volume
 from connecto.data.viewer import plan_layers
-from connecto.data.volumes import normalize_raw, open_raw, read_crop
+from connecto.data.volumes import (
+    list_datasets,
+    normalize_raw,
+    open_raw,
+    prepare_channels,
+    read_crop,
+)
 from tests.conftest import NEUROPROOF, SHARED_DATA, require_shared_data
 
 GALA = SHARED_DATA / "gala_fib_crop"
@@ -212,6 +219,18 @@ def test_open_raw_reads_n5_with_gunpowder_resolution(tmp_path: Path) -> None:
         open_raw(container, "volumes/raw/s1")
     with pytest.raises(ConnectoError, match="no such zarr/N5 container"):
         open_raw(tmp_path / "absent.zarr", "raw")
+
+
+def test_a_prepared_prediction_lies_in_a_container_that_opens(tmp_path: Path) -> None:
+    """A prediction written into a new container (nested or not) leaves a container that
+    the readers open and list, as a later `segment` step needs."""
+    roi = Roi((0, 0, 0), (40, 40, 40))
+    for container, dataset in ((tmp_path / "new.zarr", "enhanced"),
+                               (tmp_path / "deeper.zarr", "predictions/affs")):  # fmt: skip
+        out = prepare_channels(container / dataset, 3, roi, Coordinate(10, 10, 10), (2, 2, 2), {})
+        out[roi] = np.full((3, 4, 4, 4), 7, dtype=np.uint8)
+        assert list_datasets(container) == [dataset]
+        assert open_raw(container, dataset).to_ndarray(roi).min() == 7
 
 
 def test_read_crop_centres_and_pads_like_training(small_h5: Path, tmp_path: Path) -> None:

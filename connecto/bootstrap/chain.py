@@ -430,6 +430,7 @@ class Chain:
             "labels_container": str(self.round_dir(r) / PSEUDO_LABELS),
             "labels_dataset": "labels",
             "sparse_labels": True,  # dropped segments are unknown, not background
+            "unlabelled_edges": "boundary",  # but a kept segment is whole: its rim is real
             "train_roi": self.config.roi,
             "validation_roi": None,
             "test_roi": None,

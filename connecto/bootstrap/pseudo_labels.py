@@ -21,10 +21,11 @@ import fastremap
 import numpy as np
 import zarr
 from funlib.geometry import Coordinate, Roi
-from funlib.persistence import Array, open_ds, prepare_ds
+from funlib.persistence import Array, open_ds
 from pydantic import BaseModel, Field
 
 from connecto import ConnectoError
+from connecto.data.volumes import prepare_volume
 
 SLAB_SECTIONS = 8
 
@@ -137,7 +138,7 @@ def make_pseudo_labels(
     drop, reasons = dropped_segments(ids, sizes, spans, rule)
     voxel_size = Coordinate(source.voxel_size)
     zarr.open_group(str(output[0]), mode="a")  # a container others open as one
-    target = prepare_ds(
+    target = prepare_volume(
         Path(output[0]) / output[1], shape=roi.shape / voxel_size, offset=roi.offset,
         voxel_size=voxel_size, axis_names=["z", "y", "x"], units=["nm"] * 3,
         dtype=source.dtype, mode="w",

@@ -59,13 +59,17 @@ def is_n5(container: str | Path) -> bool:
     return str(container).rstrip("/").endswith(".n5")
 
 
+def _store(container: Path) -> zarr.storage.BaseStore:
+    path = str(container)
+    return zarr.N5FSStore(path) if is_n5(path) else zarr.DirectoryStore(path)
+
+
 def open_container(container: str | Path, mode: str = "r") -> zarr.hierarchy.Group:
     path = Path(container)
     if not path.exists():
         raise ConnectoError(f"{container}: no such zarr/N5 container")
-    store = zarr.N5FSStore(str(path)) if is_n5(path) else zarr.DirectoryStore(str(path))
     try:
-        return zarr.open_group(store, mode=mode)
+        return zarr.open_group(_store(path), mode=mode)
     except (zarr.errors.GroupNotFoundError, ValueError) as error:
         raise ConnectoError(f"{container}: not a zarr/N5 container ({error})") from None
 
@@ -139,6 +143,22 @@ def open_configured(container: str, dataset: str, keys: tuple[str, str], source:
         raise ConnectoError(f"{source}: key '{keys[0]}' = {container!r}: {error}") from None
 
 
+def prepare_volume(path: str | Path, **kwargs: Any) -> Array:
+    """funlib's `prepare_ds` at `path` (container/dataset), with the zarr/N5 groups from the
+    container down to the dataset made first: `prepare_ds` writes the array alone, and a
+    container without its root group can be neither opened nor listed."""
+    parts = Path(path).parts
+    for index, part in enumerate(parts[:-1]):
+        if part.endswith((".zarr", ".n5")):
+            container = Path(*parts[: index + 1])
+            container.mkdir(parents=True, exist_ok=True)
+            group = zarr.open_group(_store(container), mode="a")
+            if parts[index + 1 : -1]:
+                group.require_group("/".join(parts[index + 1 : -1]))
+            break
+    return prepare_ds(str(path), **kwargs)
+
+
 def prepare_channels(
     path: Path, channels: int, roi: Roi, voxel_size: Coordinate, chunk: Sequence[int],
     attrs: Mapping[str, Any], overwrite: bool = True,
@@ -146,7 +166,7 @@ def prepare_channels(
     """A uint8 (channels, z, y, x) prediction dataset over `roi` (chunks: all channels by
     `chunk`), with `attrs` (e.g. the affinities' `neighborhood`); kept if it exists
     unless `overwrite`."""
-    array = prepare_ds(
+    array = prepare_volume(
         path, shape=(channels, *(roi.shape / voxel_size)), offset=roi.offset,
         voxel_size=voxel_size, axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
         chunk_shape=(channels, *chunk), dtype=np.uint8, mode="w" if overwrite else "a",

@@ -15,6 +15,7 @@ from funlib.persistence import open_ds, prepare_ds
 from pymongo import MongoClient
 
 from connecto.bootstrap.chain import Chain, load_bootstrap_config, run_chain
+from connecto.tasks import load_train_config
 from connecto.tasks.affinities_from_2d.synthetic import random_neurites
 from connecto.tasks.segmentation.workflow import threshold_name
 
@@ -126,6 +127,10 @@ def test_the_chain_runs_records_its_lineage_and_resumes(
     pseudo = open_ds(Path(lineage["round-1-pseudo-labels"]["outputs"]["labels"]))
     kept = set(np.unique(pseudo.to_ndarray(pseudo.roi)).tolist()) - {0}
     assert len(kept) == lineage["round-1-pseudo-labels"]["stats"]["kept_segments"]
+    # kept segments are whole: the round trains their rims as boundaries
+    round_setup = Path(lineage["round-1-train"]["stats"]["checkpoint"]).parent
+    round_config = load_train_config(round_setup / "train_config.toml")
+    assert round_config.sparse_labels and round_config.unlabelled_edges == "boundary"
 
     again = run_chain(chain_config, progress=False, log=lines.append)
     assert all(o.skipped for o in again)  # nothing redone

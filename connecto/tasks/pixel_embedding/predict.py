@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 from funlib.geometry import Roi
-from funlib.persistence import Array, prepare_ds
+from funlib.persistence import Array
 
 from connecto import ConnectoError
 from connecto.checkpoints import default_device, load_weights, read_checkpoint
-from connecto.data.volumes import open_raw
+from connecto.data.volumes import open_raw, prepare_volume
 from connecto.experiment import checkpoint_config
 from connecto.tasks.barcode_enhancement.pipeline import barcode_channels
 from connecto.tasks.barcode_enhancement.predict import setup_predictions
@@ -70,7 +70,7 @@ def predict_embedding_volume(
     plan = plan_tiles(config, raw, roi, out_path, overwrite)
     dims = config.embedding_dims
     ensure_group(out_path.parent)  # a zarr group: `connecto segment` opens the container
-    out = prepare_ds(
+    out = prepare_volume(
         out_path, shape=(dims, *(plan.roi.shape / plan.voxel_size)), offset=plan.roi.offset,
         voxel_size=plan.voxel_size, axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
         chunk_shape=(dims, *plan.out_shape), dtype=np.float32, mode="w",

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from funlib.geometry import Coordinate
-from funlib.persistence import prepare_ds
 
 from connecto import ConnectoError
+from connecto.data.volumes import prepare_volume
 from connecto.tasks.segmentation.config import SegmentConfig, load_segment_config
 from connecto.tasks.segmentation.feature_agglomeration import block_rois
 from connecto.tasks.segmentation.steps import (
@@ -87,7 +87,7 @@ def write_embedding_affinities(config: SegmentConfig, overwrite: bool = False) -
     voxel_size = Coordinate(features.voxel_size)
     roi = work_roi(config, features.roi, where)
     reach = Coordinate(max(abs(o[d]) for o in config.neighborhood) for d in range(3))
-    affs = prepare_ds(
+    affs = prepare_volume(
         path, shape=(len(config.neighborhood), *(roi.shape / voxel_size)), offset=roi.offset,
         voxel_size=voxel_size, axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
         chunk_shape=(len(config.neighborhood), *config.block_size), dtype=np.uint8, mode="w",

@@ -41,6 +41,13 @@ class SegmentationTrainConfig(TrainingSettings):
         description="0 in the labels is unlabelled, not background: train only where "
         "labels > 0 (affinities only between two labelled voxels); excludes unlabelled_dataset",
     )
+    unlabelled_edges: Literal["ignored", "boundary"] = Field(
+        default="ignored",
+        description="with sparse_labels, a pair from a labelled to an unlabelled voxel: "
+        "'ignored' (a labelled object may go on unlabelled, as in painted disks) or 'boundary' "
+        "(every labelled object is whole, as segments kept for pseudo ground truth are: its "
+        "rim trains as a boundary, as in the sparsity paper's pipelines)",
+    )
     min_labelled_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
         default=0.0,
         description="reject and resample batches whose output region has a smaller labelled "

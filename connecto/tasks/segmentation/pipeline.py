@@ -226,12 +226,13 @@ def data_pipeline(
             downsample=2,
         )  # fmt: skip
     # gunpowder's `unlabelled` keeps a pair from a labelled to an unlabelled voxel as
-    # "boundary" (right for an explicit mask over dense labels); with sparse labels the
-    # unlabelled end says nothing, so the mask as `labels_mask` keeps only pairs with both
-    # ends labelled
+    # "boundary" (right for an explicit mask over dense labels, and for whole objects);
+    # where a labelled object may go on unlabelled that end says nothing, so the mask as
+    # `labels_mask` keeps only pairs with both ends labelled
+    both_ends = config.sparse_labels and config.unlabelled_edges == "ignored"
     pipeline += gp.AddAffinities(
         config.neighborhood, LABELS, GT_AFFS, unlabelled=mask, affinities_mask=GT_AFFS_MASK,
-        labels_mask=UNLABELLED if config.sparse_labels else None, dtype=np.float32,
+        labels_mask=UNLABELLED if both_ends else None, dtype=np.float32,
     )  # fmt: skip
     pipeline += gp.BalanceLabels(GT_AFFS, AFFS_WEIGHTS, mask=GT_AFFS_MASK)
     if config.min_labelled_fraction > 0:

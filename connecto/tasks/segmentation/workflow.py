@@ -14,7 +14,7 @@ from pathlib import Path
 import mwatershed as mws
 import numpy as np
 from funlib.geometry import Coordinate, Roi
-from funlib.persistence import Array, open_ds, prepare_ds
+from funlib.persistence import Array, open_ds
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from volara.datasets import Affs, Labels
@@ -22,6 +22,7 @@ from volara.lut import LUT
 
 from connecto import ConnectoError
 from connecto.data.degrade import DEGRADATIONS, degrade_affinities, target_affinities
+from connecto.data.volumes import prepare_volume
 from connecto.db.client import tracking_database
 from connecto.db.graph import MongoDBGraphDataBase
 from connecto.db.tracking import git_commit, store_score
@@ -118,7 +119,7 @@ def _write_channels(
     config: SegmentConfig, path: Path, data: np.ndarray, roi: Roi, voxel_size: Coordinate,
     attrs: dict,
 ) -> None:  # fmt: skip
-    array = prepare_ds(
+    array = prepare_volume(
         path, shape=data.shape, offset=roi.offset, voxel_size=voxel_size,
         axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
         chunk_shape=(data.shape[0], *config.block_size), dtype=data.dtype, mode="w",

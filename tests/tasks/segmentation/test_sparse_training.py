@@ -166,6 +166,23 @@ def _check_loss(batch: gp.Batch, pairs: np.ndarray, inside: np.ndarray, seed: in
         assert not torch.equal(loss(torch.where(outside_affs, affs, affs + 0.1), lsds), value)
 
 
+def test_whole_objects_train_their_rim_as_boundary(stripes: Path) -> None:
+    """`unlabelled_edges = "boundary"` (pseudo ground truth of whole segments): a pair from a
+    labelled to an unlabelled voxel trains as a boundary; only unlabelled pairs carry no
+    weight."""
+    config = SegmentationTrainConfig(raw_container=str(stripes), sparse_labels=True,
+                                     unlabelled_edges="boundary", **SMALL)  # fmt: skip
+    rims = 0
+    for batch in _batches(config, seeds=list(range(1, 9)), grow=REACH):
+        labelled = batch[UNLABELLED].data[0] == 1
+        either = _unlabelled_pairs(~labelled)  # at least one end labelled
+        rim = either & _unlabelled_pairs(labelled)  # exactly one end labelled
+        np.testing.assert_array_equal(batch[AFFS_WEIGHTS].data[0] > 0, either)
+        assert not batch[GT_AFFS].data[0][rim].any()
+        rims += int(rim.sum())
+    assert rims > 0
+
+
 @pytest.mark.parametrize("grow_boundary", [0, 1])
 def test_no_weight_and_no_gradient_outside_the_labels(stripes: Path, grow_boundary: int) -> None:
     config = SegmentationTrainConfig(raw_container=str(stripes), sparse_labels=True,
