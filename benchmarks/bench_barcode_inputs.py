@@ -7,7 +7,8 @@ Training sees z 0-1500 nm only (the segmentation template's train slab); z 1500-
 chooses each row's threshold and feature weight (lowest VOI), z 2000-2500 nm is reported.
 
 Models, on one budget each (BENCH_BARCODE_INPUTS_ITERATIONS="enhancement,mtlsd", default
-200,600), augmentations off, 2 torch threads:
+200,3000), augmentations off, 2 torch threads (600 MTLSD iterations
+learned no boundaries: every row was one merged segment):
 - barcode enhancement as `make bench BENCH=prism` trains it (small channel-agnostic
   U-Net, lr 1e-3), then predicted over the whole volume (`enhanced`, float in [0, 1]);
 - two MTLSDs of the segmentation-barcodes template (long-range neighbourhood, LSDs) with
@@ -48,7 +49,7 @@ SMALL_MTLSD = {"fmaps": 6, "fmap_inc_factor": 3, "downsample_factors": [[2, 2, 2
 
 
 def _budgets() -> tuple[int, int]:
-    values = os.environ.get("BENCH_BARCODE_INPUTS_ITERATIONS", "200,600").split(",")
+    values = os.environ.get("BENCH_BARCODE_INPUTS_ITERATIONS", "200,3000").split(",")
     enhancement, mtlsd = (int(v) for v in values)
     return enhancement, mtlsd
 
