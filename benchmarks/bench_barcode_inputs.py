@@ -7,8 +7,9 @@ Training sees z 0-1500 nm only (the segmentation template's train slab); z 1500-
 chooses each row's threshold and feature weight (lowest VOI), z 2000-2500 nm is reported.
 
 Models, on one budget each (BENCH_BARCODE_INPUTS_ITERATIONS="enhancement,mtlsd", default
-200,3000), augmentations off, 2 torch threads (600 MTLSD iterations
-learned no boundaries: every row was one merged segment):
+200,3000), augmentations off, 2 torch threads. Measured so far: at 600 and at 3000
+iterations both MTLSDs predicted nearly constant affinities (no boundaries, one merged
+segment in every row), so this comparison still waits for an MTLSD that learns here:
 - barcode enhancement as `make bench BENCH=prism` trains it (small channel-agnostic
   U-Net, lr 1e-3), then predicted over the whole volume (`enhanced`, float in [0, 1]);
 - two MTLSDs of the segmentation-barcodes template (long-range neighbourhood, LSDs) with
