@@ -19,7 +19,6 @@ from pathlib import Path
 
 import fastremap
 import numpy as np
-import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds
 from pydantic import BaseModel, Field
@@ -137,7 +136,6 @@ def make_pseudo_labels(
     ids, sizes, spans = segment_statistics(source, roi)
     drop, reasons = dropped_segments(ids, sizes, spans, rule)
     voxel_size = Coordinate(source.voxel_size)
-    zarr.open_group(str(output[0]), mode="a")  # a container others open as one
     target = prepare_volume(
         Path(output[0]) / output[1], shape=roi.shape / voxel_size, offset=roi.offset,
         voxel_size=voxel_size, axis_names=["z", "y", "x"], units=["nm"] * 3,

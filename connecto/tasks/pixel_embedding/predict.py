@@ -33,7 +33,6 @@ from connecto.tasks.pixel_embedding.model import (
     build_model,
     unit_embedding,
 )
-from connecto.tasks.segmentation.steps import ensure_group
 from connecto.tasks.tiles import plan_tiles, predict_tiles
 
 EMBEDDING_DATASET = "embedding"
@@ -69,7 +68,6 @@ def predict_embedding_volume(
         )
     plan = plan_tiles(config, raw, roi, out_path, overwrite)
     dims = config.embedding_dims
-    ensure_group(out_path.parent)  # a zarr group: `connecto segment` opens the container
     out = prepare_volume(
         out_path, shape=(dims, *(plan.roi.shape / plan.voxel_size)), offset=plan.roi.offset,
         voxel_size=plan.voxel_size, axis_names=["c^", "z", "y", "x"], units=["nm"] * 3,
