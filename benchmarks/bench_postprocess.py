@@ -19,7 +19,8 @@ connecto at least as fast as volara.
 
 `BENCH_POSTPROCESS_STRENGTHS=clean,mild` limits the strengths; `BENCH_POSTPROCESS_VOLARA`
 names those volara runs on (default clean,mild: on strong its GraphMWS takes over 20 min
-per threshold).
+per threshold). `BENCH_POSTPROCESS_BOUNDARY_WEIGHTS=0.5,0.9` adds connecto rows whose
+watershed floods that blend of boundary map and distance (`watershed_boundary_weight`).
 """
 
 from __future__ import annotations
@@ -93,9 +94,10 @@ def best(
 
 
 def run_connecto(
-    work: Path, db_name: str, truth: np.ndarray
+    work: Path, db_name: str, truth: np.ndarray, boundary_weight: float = 0.0
 ) -> tuple[float, float, SegmentationScores]:
     values = {
+        "watershed_boundary_weight": boundary_weight,
         "output_container": str(work / "out.zarr"), "roi": [list(_roi(truth.shape).offset),
         list(_roi(truth.shape).shape)], "block_size": list(BLOCK), "context": list(CONTEXT),
         "num_workers": WORKERS, "db_name": db_name, "graph": f"g{uuid.uuid4().hex[:6]}",
@@ -168,6 +170,8 @@ def main() -> None:
     # volara's GraphMWS on strong affinities' many tiny fragments takes over 20 min per
     # threshold here: it runs on the others unless asked for
     volara_strengths = os.environ.get("BENCH_POSTPROCESS_VOLARA", "clean,mild").split(",")
+    weights = os.environ.get("BENCH_POSTPROCESS_BOUNDARY_WEIGHTS", "")
+    boundary_weights = [float(w) for w in weights.split(",") if w]
     with h5py.File(H5, "r") as f:
         truth = f["volumes/labels/neuron_ids"][SLAB[0] : SLAB[1]].astype(np.uint64)
     target = target_affinities(truth, NEIGHBORHOOD, grow_boundary=1)
@@ -187,6 +191,10 @@ def main() -> None:
                     "connecto blockwise": run_connecto(work, db_name, truth),
                     "waterz whole volume (anchor)": run_waterz(affs, truth),
                 }
+                for weight in boundary_weights:
+                    rows[f"connecto, boundary weight {weight}"] = run_connecto(
+                        work, db_name, truth, weight
+                    )
                 if strength in volara_strengths:
                     rows["volara mutex watershed"] = run_volara(work, truth)
                 for method, (elapsed, threshold, s) in rows.items():

@@ -20,7 +20,8 @@ BENCH_SPARSE_DISKS="N,R" (default 5,200) the disks; BENCH_SPARSE_SPARSITY="secti
 (the default) which sparse label sets run; BENCH_SPARSE_DENSE_CHECKPOINT=PATH scores a dense
 MTLSD checkpoint trained before (`make bench BENCH=segment`'s, same settings) instead of
 training one now, BENCH_SPARSE_AFFS_CHECKPOINT=PATH a 2D->3D checkpoint (synthetic data at
-10 nm); BENCH_SPARSE_KEEP=DIR keeps the work.
+10 nm); BENCH_SPARSE_KEEP=DIR keeps the work; BENCH_SPARSE_BOUNDARY_WEIGHTS="0.5,0.9" adds
+rows segmenting the same affinities with those `watershed_boundary_weight`s.
 """
 
 from __future__ import annotations
@@ -122,6 +123,16 @@ def _score_affinities(work: Path, name: str, affs_container: Path, base: dict[st
     return best_threshold(report.scores)
 
 
+def _boundary_weight_rows(rows: list, work: Path, name: str, label: str, container: Path,
+                          base: dict[str, Any]) -> None:  # fmt: skip
+    """`label`'s affinities segmented again with each asked-for boundary weight."""
+    weights = os.environ.get("BENCH_SPARSE_BOUNDARY_WEIGHTS", "")
+    for weight in (float(w) for w in weights.split(",") if w):
+        values = {**base, "watershed_boundary_weight": weight}
+        best = _score_affinities(work, f"{name}_w{weight:g}".replace(".", ""), container, values)
+        rows.append((f"{label}, boundary weight {weight:g}", best, 0.0))
+
+
 def main() -> None:
     if not H5.is_file():
         print(f"bench_sparse: the NeuroProof volume is not at {H5}; nothing measured")
@@ -176,6 +187,7 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
     elapsed, report = _timed(run_steps, path, STEPS)
     dense_fraction = float(np.count_nonzero(truth.to_ndarray(_roi(template.train_roi))))
     rows.append(("dense MTLSD", best_threshold(report.scores), elapsed))
+    _boundary_weight_rows(rows, work, "dense", "dense MTLSD", work / "dense.zarr", base)
     print(f"    (dense labelled fraction {dense_fraction / np.prod(truth.shape):.3f})")
 
     affs_checkpoint = os.environ.get("BENCH_SPARSE_AFFS_CHECKPOINT")
@@ -203,6 +215,7 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
                 print(f"    {label}: not scored: {error}", flush=True)
                 continue
             rows.append((label, best, seconds if r == 1 else 0.0))
+            _boundary_weight_rows(rows, work, f"{name}_round{r}", label, container, base)
             print(f"    labelled fraction {fraction:.4f}", flush=True)
         kept = record.get("round-1-pseudo-labels", {}).get("stats", {})
         print(f"    round 1 pseudo labels: {kept}", flush=True)

@@ -79,6 +79,7 @@ class GraphExtractFrags(MongoBlockBookkeeping, ExtractFrags):
     seed_distance: int = 4
     boundary_threshold: float = 0.5
     fragments_in_xy: bool = False
+    boundary_weight: float = 0.0
     epsilon_agglomerate: float = 0.0
     merge_function: str = "hist_quant_50"
     min_fragment_size: int = 0
@@ -90,7 +91,7 @@ class GraphExtractFrags(MongoBlockBookkeeping, ExtractFrags):
             neighborhood = [tuple(o) for o in self.neighborhood or []]
             fragments = watershed_from_affinities(
                 affs_data, neighborhood, self.seed_distance, self.boundary_threshold,
-                self.fragments_in_xy,
+                self.fragments_in_xy, self.boundary_weight,
             )  # fmt: skip
             if self.epsilon_agglomerate > 0:
                 fragments = epsilon_agglomerate(

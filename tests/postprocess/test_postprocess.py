@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import waterz
 from gunpowder.nodes.add_affinities import seg_to_affgraph
 from pymongo import MongoClient
@@ -54,6 +55,54 @@ def test_watershed_fragments_in_xy_are_per_section():
     )
     sections = [set(np.unique(section).tolist()) for section in fragments]
     assert all(a.isdisjoint(b) for a, b in zip(sections, sections[1:], strict=False))
+
+
+def two_balls_with_an_off_centre_membrane() -> tuple[np.ndarray, np.ndarray]:
+    """Two overlapping balls of radius 9 along x (their neck at x = 19), split into two
+    cells at x = 22 by a weak membrane (mean affinity 0.6: above the threshold, so
+    inside), in a third cell that wraps them behind strong boundaries."""
+    z, y, x = np.indices((24, 24, 40))
+    balls = ((z - 12) ** 2 + (y - 12) ** 2 + (x - 11) ** 2 <= 81) | (
+        (z - 12) ** 2 + (y - 12) ** 2 + (x - 27) ** 2 <= 81
+    )
+    labels = np.full(x.shape, 3, dtype=np.uint64)
+    labels[balls] = np.where(x < 22, 1, 2)[balls]
+    affs = target_affinities(np.where(labels == 2, 1, labels), NEIGHBORHOOD, grow_boundary=1)
+    affs[:, balls & ((x == 21) | (x == 22))] = 0.6
+    return labels, affs
+
+
+@pytest.mark.parametrize("boundary_weight", [0.0, 0.9])
+def test_boundary_weight_lets_basins_meet_on_the_membrane(boundary_weight: float):
+    """Flooding the distance alone splits the balls at their neck, off the membrane; with
+    the boundary map blended in they split on it."""
+    _, affs = two_balls_with_an_off_centre_membrane()
+    fragments = watershed_from_affinities(
+        affs, NEIGHBORHOOD, min_seed_distance=4, boundary_weight=boundary_weight
+    )
+    axis = fragments[12, 12]  # along x through both centres
+    a, b = axis[11], axis[27]
+    assert a != b and (axis[3:19] == a).all() and (axis[23:36] == b).all()
+    between_neck_and_membrane = axis[20:22]  # cell 1
+    if boundary_weight > 0:
+        assert (between_neck_and_membrane == a).all()
+    else:
+        assert (between_neck_and_membrane == b).all()  # the LSD pipeline's cut
+
+
+def test_boundary_weight_keeps_fragments_out_of_a_leak():
+    """A pierced membrane (affinity 1 through the hole) still keeps the cells' basins
+    apart with the boundary map blended in."""
+    labels = np.full((28, 28, 48), 3, dtype=np.uint64)
+    labels[4:24, 4:24, 4:24], labels[4:24, 4:24, 24:44] = 1, 2
+    affs = target_affinities(labels, NEIGHBORHOOD, grow_boundary=1)
+    affs[:, 13:15, 13:15, 22:26] = 1.0
+    fragments = watershed_from_affinities(
+        affs, NEIGHBORHOOD, min_seed_distance=4, boundary_weight=0.9
+    )
+    axis = fragments[14, 14]  # through the hole
+    assert len(set(axis[5:23].tolist())) == 1 and len(set(axis[25:43].tolist())) == 1
+    assert axis[5] != axis[42]
 
 
 def test_small_fragments_join_a_neighbour_instead_of_leaving_holes():

@@ -204,6 +204,13 @@ class SegmentConfig(ConfigModel):
     fragments_in_xy: bool = Field(
         default=False, description="2D fragments per section (anisotropic data)"
     )
+    watershed_boundary_weight: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0,
+        description="share of the boundary map (1 - mean nearest affinity) in the height "
+        "map the watershed floods, the rest being the negated boundary distance: 0 is the "
+        "LSD pipeline (basins meet halfway between seeds), higher lets them meet on the "
+        "membranes",
+    )
     epsilon_agglomerate: Annotated[float, Field(ge=0, lt=1)] = Field(
         default=0.0, description="merge fragments inside each block below this score first"
     )

@@ -161,6 +161,7 @@ def fragments(config: SegmentConfig, base: Path, overwrite: bool = False) -> Ste
         seed_distance=config.min_seed_distance,
         boundary_threshold=config.boundary_threshold,
         fragments_in_xy=config.fragments_in_xy,
+        boundary_weight=config.watershed_boundary_weight,
         epsilon_agglomerate=config.epsilon_agglomerate,
         merge_function=config.merge_function,
         min_fragment_size=config.min_fragment_size,
