@@ -19,8 +19,9 @@ connecto at least as fast as volara.
 
 `BENCH_POSTPROCESS_STRENGTHS=clean,mild` limits the strengths; `BENCH_POSTPROCESS_VOLARA`
 names those volara runs on (default clean,mild: on strong its GraphMWS takes over 20 min
-per threshold). `BENCH_POSTPROCESS_BOUNDARY_WEIGHTS=0.5,0.9` adds connecto rows whose
-watershed floods that blend of boundary map and distance (`watershed_boundary_weight`).
+per threshold). `BENCH_POSTPROCESS_BOUNDARY_WEIGHTS=0,1` adds connecto rows whose
+watershed floods that blend of boundary map and distance (`watershed_boundary_weight`; 0 is
+the LSD pipeline's distance alone).
 """
 
 from __future__ import annotations
@@ -94,10 +95,12 @@ def best(
 
 
 def run_connecto(
-    work: Path, db_name: str, truth: np.ndarray, boundary_weight: float = 0.0
+    work: Path, db_name: str, truth: np.ndarray, boundary_weight: float | None = None
 ) -> tuple[float, float, SegmentationScores]:
+    """The defaults, or `boundary_weight` as the watershed's."""
+    weight = {} if boundary_weight is None else {"watershed_boundary_weight": boundary_weight}
     values = {
-        "watershed_boundary_weight": boundary_weight,
+        **weight,
         "output_container": str(work / "out.zarr"), "roi": [list(_roi(truth.shape).offset),
         list(_roi(truth.shape).shape)], "block_size": list(BLOCK), "context": list(CONTEXT),
         "num_workers": WORKERS, "db_name": db_name, "graph": f"g{uuid.uuid4().hex[:6]}",
