@@ -14,7 +14,8 @@ pipeline floods the negated distance alone, so two basins meet halfway between t
 seeds even where a membrane runs elsewhere (a membrane weaker than the threshold is
 inside). `boundary_weight` blends in the boundary map, 1 - mean nearest affinity, as
 elf's distance-transform watershed does (its alpha): the basins then meet on the
-weakest affinities, and the distance term keeps a leak from being a low path.
+weakest affinities; the distance term orders the flooding inside a cell, where the
+affinities are flat.
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ def _seeded_watershed(
     if n == 0:
         return np.zeros(distance.shape, dtype=np.uint64)
     height = (1.0 - boundary_weight) * (1.0 - distance / distance.max())
-    if boundary_weight > 0:
-        height += boundary_weight * boundary
+    height += boundary_weight * boundary
     return watershed(height, seeds).astype(np.uint64)
 
 
