@@ -413,8 +413,9 @@ class Chain:
 
     def pseudo_labels(self, r: int) -> dict[str, Any]:
         out = self.round_dir(r) / PSEUDO_LABELS
+        _, painting = self._painting()
         report = make_pseudo_labels(self.segmentation_of(r - 1), (out, "labels"),
-                                    self.config.rounds.filter, self.roi)  # fmt: skip
+                                    self.config.rounds.filter, self.roi, painting)  # fmt: skip
         if report.kept_segments == 0:
             raise ConnectoError(
                 f"round {r}: no segment of round {r - 1} passed the filter "

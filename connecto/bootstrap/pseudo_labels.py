@@ -2,8 +2,10 @@
 
 A bootstrapping round trains a 3D model on the previous round's segmentation. Merged or
 broken segments would teach the errors back, so segments are dropped by size (dust below
-`min_size`, giant merges above `max_size`), by a two-sided outlier cut on sizes, and by
-how many sections they span (fragments in one or two sections are rarely whole neurites).
+`min_size`, giant merges above `max_size`), by a two-sided outlier cut on sizes, by how
+many sections they span (fragments in one or two sections are rarely whole neurites) and,
+given the painting, by what it shows: a segment covering most of two painted objects of
+one section is a merge (`painted_overlap`), whatever its size.
 Dropped segments become 0 = unlabelled, so training (`sparse_labels`) ignores them rather
 than learning them as background.
 
@@ -38,6 +40,14 @@ class SegmentFilter(BaseModel):
         default=3.0, gt=0, description="drop sizes beyond mean +- this many std (of >= min_size)"
     )
     min_sections: int = Field(default=1, ge=1, description="sections a segment must span")
+    drop_painted_merges: bool = Field(
+        default=True, description="drop segments the painting shows to be merges"
+    )
+    painted_overlap: float = Field(
+        default=0.5, gt=0, le=1,
+        description="a segment covering at least this share of each of two painted objects "
+        "of one section is a merge",
+    )  # fmt: skip
 
 
 @dataclass
@@ -93,14 +103,45 @@ def segment_statistics(array: Array, roi: Roi) -> tuple[np.ndarray, np.ndarray, 
     )
 
 
+def painted_merges(segmentation: Array, painting: Array, roi: Roi, overlap: float) -> np.ndarray:
+    """Ids of the segments that cover at least `overlap` of each of two or more painted
+    objects (non-zero ids) of one section: merges the painting shows. Read in slabs."""
+    if Coordinate(painting.voxel_size) != Coordinate(segmentation.voxel_size):
+        raise ConnectoError(
+            f"the painting's voxel size {tuple(painting.voxel_size)} is not the "
+            f"segmentation's {tuple(segmentation.voxel_size)}"
+        )
+    merged: set[int] = set()
+    for slab in _slabs(segmentation, roi.intersect(painting.roi)):
+        painted = painting.to_ndarray(slab)
+        if not painted.any():
+            continue
+        segments = segmentation.to_ndarray(slab)
+        for paint, segment in zip(painted, segments, strict=True):
+            labelled = paint > 0
+            if not labelled.any():
+                continue
+            pairs = np.stack([paint[labelled], segment[labelled]]).astype(np.uint64)
+            (objects, covering), counts = np.unique(pairs, axis=1, return_counts=True)
+            ids, areas = np.unique(pairs[0], return_counts=True)
+            share = counts / areas[np.searchsorted(ids, objects)]
+            claims = covering[(share >= overlap) & (covering > 0)]
+            claimants, claimed = np.unique(claims, return_counts=True)
+            merged.update(claimants[claimed >= 2].tolist())
+    return np.array(sorted(merged), dtype=np.uint64)
+
+
 def dropped_segments(
-    ids: np.ndarray, sizes: np.ndarray, spans: np.ndarray, rule: SegmentFilter
-) -> tuple[np.ndarray, dict[str, int]]:
-    """The ids to drop and, per reason, how many (a segment counts under its first reason)."""
+    ids: np.ndarray, sizes: np.ndarray, spans: np.ndarray, rule: SegmentFilter,
+    merges: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, int]]:  # fmt: skip
+    """The ids to drop and, per reason, how many (a segment counts under its first reason);
+    `merges`: ids the painting shows to be merges."""
     reasons = {
         "too small": sizes < rule.min_size,
         "too large": sizes > rule.max_size if rule.max_size else np.zeros(len(ids), bool),
         "too few sections": spans < rule.min_sections,
+        "merges painted objects": np.isin(ids, merges if merges is not None else []),
     }
     statistic = sizes[sizes >= rule.min_size]
     outliers = np.zeros(len(ids), bool)
@@ -121,9 +162,10 @@ def make_pseudo_labels(
     output: tuple[str | Path, str],
     rule: SegmentFilter,
     roi: Roi | None = None,
+    painting: Array | None = None,
 ) -> FilterReport:
     """Write the kept segments of `segmentation` (container, dataset) to `output`, dropped
-    ones as 0; returns what was kept."""
+    ones as 0; returns what was kept. `painting`: the sparse labels, to find merges."""
     try:
         source = open_ds(Path(segmentation[0]) / segmentation[1], mode="r")
     except Exception as error:  # funlib raises several kinds for a missing dataset
@@ -134,7 +176,10 @@ def make_pseudo_labels(
         )
     roi = source.roi if roi is None else roi.intersect(source.roi)
     ids, sizes, spans = segment_statistics(source, roi)
-    drop, reasons = dropped_segments(ids, sizes, spans, rule)
+    merges = None
+    if painting is not None and rule.drop_painted_merges:
+        merges = painted_merges(source, painting, roi, rule.painted_overlap)
+    drop, reasons = dropped_segments(ids, sizes, spans, rule, merges)
     voxel_size = Coordinate(source.voxel_size)
     target = prepare_volume(
         Path(output[0]) / output[1], shape=roi.shape / voxel_size, offset=roi.offset,

@@ -81,7 +81,8 @@ set = {table(small_3d)}
 count = 1
 iterations = 2
 set = {table({**small_3d, "lsds": False})}
-filter = {{min_size = 4, outlier_std = 5.0}}
+# the untrained round 0 may be a few segments each over several painted objects: keep them
+filter = {{min_size = 4, outlier_std = 5.0, drop_painted_merges = false}}
 """
 
 

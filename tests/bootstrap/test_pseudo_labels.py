@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from funlib.geometry import Coordinate, Roi
-from funlib.persistence import open_ds, prepare_ds
+from funlib.persistence import Array, open_ds, prepare_ds
 
 from connecto import ConnectoError
 from connecto.bootstrap.pseudo_labels import (
     SLAB_SECTIONS,
     SegmentFilter,
     make_pseudo_labels,
+    painted_merges,
     segment_statistics,
 )
 
@@ -60,7 +61,7 @@ def test_filters_drop_dust_fragments_and_merges(tmp_path: Path) -> None:
     np.testing.assert_array_equal(kept, expected)
     assert report.segments == 9 and report.kept_segments == 6
     assert report.dropped == {"too small": 1, "too large": 1, "too few sections": 1,
-                              "size outlier": 0}  # fmt: skip
+                              "merges painted objects": 0, "size outlier": 0}  # fmt: skip
     assert report.kept_voxels == int((expected > 0).sum())
     assert report.kept_fraction == pytest.approx((expected > 0).sum() / (data > 0).sum())
     assert "kept 6 of 9 segments" in report.summary()
@@ -86,3 +87,47 @@ def test_a_roi_limits_the_output_and_bad_input_is_one_line(tmp_path: Path) -> No
     np.testing.assert_array_equal(crop.to_ndarray(roi), data[4:12, :8, :8])
     with pytest.raises(ConnectoError, match="missing: cannot open"):
         make_pseudo_labels((path, "missing"), (path, "x"), SegmentFilter())
+
+
+def painting(path: Path, voxel_size: Coordinate = VOXEL) -> Array:
+    """Painted objects over `segmentation`'s segments: two inside the merge (70) in one
+    section; elsewhere each neurite covers most of at most one object per section."""
+    paint = np.zeros((20, 64, 64), np.uint64)
+    paint[3, 20:30, 20:30] = 1  # both inside segment 70: the painting shows the merge
+    paint[3, 40:50, 20:30] = 2
+    paint[3, 0:8, 0:8] = 3  # neurite 10 alone
+    paint[5, 0:16, 0:8] = 4  # one object split between neurites 10 and 11: not a merge
+    paint[10, 8:13, 0:8] = 5  # neurite 11 wholly ...
+    paint[10, 13:21, 0:8] = 6  # ... and 3/8 of this one, the rest in neurite 12
+    array = prepare_ds(
+        path / "painting", shape=paint.shape, offset=(400, 0, 0), voxel_size=voxel_size,
+        dtype=np.uint64, mode="w",
+    )  # fmt: skip
+    array[array.roi] = paint
+    return array
+
+
+def test_segments_covering_two_painted_objects_of_a_section_are_dropped(tmp_path: Path) -> None:
+    path, data = segmentation(tmp_path)
+    paint = painting(path)
+    seg = open_ds(path / "segmentation")
+    assert painted_merges(seg, paint, seg.roi, 0.5).tolist() == [70]
+    assert painted_merges(seg, paint, seg.roi, 0.3).tolist() == [11, 70]  # 3/8 counts now
+    rule = SegmentFilter(outlier_std=None)
+    report = make_pseudo_labels((path, "segmentation"), (path, "pseudo"), rule, painting=paint)
+    np.testing.assert_array_equal(
+        open_ds(path / "pseudo").to_ndarray(seg.roi), np.where(data == 70, 0, data)
+    )
+    assert report.dropped["merges painted objects"] == 1 and report.kept_segments == 8
+    off = SegmentFilter(outlier_std=None, drop_painted_merges=False)
+    assert (
+        make_pseudo_labels((path, "segmentation"), (path, "all"), off, painting=paint).dropped[
+            "merges painted objects"
+        ]
+        == 0
+    )
+    # a painting on another grid cannot be compared voxel by voxel: one line, nothing written
+    other = painting(tmp_path / "other.zarr", Coordinate(40, 8, 8))
+    with pytest.raises(ConnectoError, match=r"voxel size \(40, 8, 8\) is not the segmentation's"):
+        make_pseudo_labels((path, "segmentation"), (path, "x"), rule, painting=other)
+    assert not (path / "x").exists()
