@@ -88,6 +88,13 @@ def pseudo_labels_command(
         3.0, "--outlier-std", help="drop sizes beyond mean +- this many std (0: off)"
     ),
     min_sections: int = typer.Option(1, "--min-sections", help="sections a segment must span"),
+    painting: Path | None = typer.Option(
+        None, "--painting", help="zarr container of the sparse labels: drop the merges they show"
+    ),
+    painting_dataset: str = typer.Option("labels", "--painting-dataset", help="its dataset"),
+    painted_overlap: float = typer.Option(
+        0.5, "--painted-overlap", help="share of each of two painted objects a merge covers"
+    ),
 ) -> None:
     """Keep the segments a next round can trust; dropped ones become 0 = unlabelled."""
     from connecto.bootstrap.pseudo_labels import SegmentFilter, make_pseudo_labels
@@ -95,9 +102,10 @@ def pseudo_labels_command(
 
     rule = validate(SegmentFilter, {
         "min_size": min_size, "max_size": max_size, "min_sections": min_sections,
-        "outlier_std": outlier_std or None,
+        "outlier_std": outlier_std or None, "painted_overlap": painted_overlap,
     }, "options")  # fmt: skip
-    report = make_pseudo_labels((segmentation, dataset), (out, "labels"), rule)
+    painted = (painting, painting_dataset) if painting is not None else None
+    report = make_pseudo_labels((segmentation, dataset), (out, "labels"), rule, painting=painted)
     typer.echo(f"{out}/labels: {report.summary()}")
 
 

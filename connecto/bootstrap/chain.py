@@ -208,9 +208,14 @@ class Chain:
 
     # ------------------------------------------------------------ the steps
 
-    def _painting(self) -> tuple[str, Any]:
+    def _painting_source(self) -> tuple[str, str]:
+        """(container, dataset) of the painting."""
         container = self.config.labels_container or self.config.raw_container
-        return container, open_raw(container, self.config.labels_dataset, "labels_dataset")
+        return container, self.config.labels_dataset
+
+    def _painting(self) -> tuple[str, Any]:
+        container, dataset = self._painting_source()
+        return container, open_raw(container, dataset, "labels_dataset")
 
     def sparse_labels(self) -> dict[str, Any]:
         container, labels = self._painting()
@@ -413,9 +418,9 @@ class Chain:
 
     def pseudo_labels(self, r: int) -> dict[str, Any]:
         out = self.round_dir(r) / PSEUDO_LABELS
-        _, painting = self._painting()
         report = make_pseudo_labels(self.segmentation_of(r - 1), (out, "labels"),
-                                    self.config.rounds.filter, self.roi, painting)  # fmt: skip
+                                    self.config.rounds.filter, self.roi,
+                                    self._painting_source())  # fmt: skip
         if report.kept_segments == 0:
             raise ConnectoError(
                 f"round {r}: no segment of round {r - 1} passed the filter "

@@ -26,7 +26,7 @@ from funlib.persistence import Array, open_ds
 from pydantic import BaseModel, Field
 
 from connecto import ConnectoError
-from connecto.data.volumes import prepare_volume
+from connecto.data.volumes import open_raw, prepare_volume
 
 SLAB_SECTIONS = 8
 
@@ -162,10 +162,11 @@ def make_pseudo_labels(
     output: tuple[str | Path, str],
     rule: SegmentFilter,
     roi: Roi | None = None,
-    painting: Array | None = None,
+    painting: tuple[str | Path, str] | None = None,
 ) -> FilterReport:
     """Write the kept segments of `segmentation` (container, dataset) to `output`, dropped
-    ones as 0; returns what was kept. `painting`: the sparse labels, to find merges."""
+    ones as 0; returns what was kept. `painting` (container, dataset): the sparse labels
+    the chain started from, to find merges."""
     try:
         source = open_ds(Path(segmentation[0]) / segmentation[1], mode="r")
     except Exception as error:  # funlib raises several kinds for a missing dataset
@@ -178,7 +179,8 @@ def make_pseudo_labels(
     ids, sizes, spans = segment_statistics(source, roi)
     merges = None
     if painting is not None and rule.drop_painted_merges:
-        merges = painted_merges(source, painting, roi, rule.painted_overlap)
+        painted = open_raw(painting[0], painting[1], "painting")
+        merges = painted_merges(source, painted, roi, rule.painted_overlap)
     drop, reasons = dropped_segments(ids, sizes, spans, rule, merges)
     voxel_size = Coordinate(source.voxel_size)
     target = prepare_volume(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from funlib.geometry import Coordinate, Roi
-from funlib.persistence import Array, open_ds, prepare_ds
+from funlib.persistence import Array, open_ds
 
 from connecto import ConnectoError
 from connecto.bootstrap.pseudo_labels import (
@@ -17,6 +17,7 @@ from connecto.bootstrap.pseudo_labels import (
     painted_merges,
     segment_statistics,
 )
+from connecto.data.volumes import prepare_volume
 
 VOXEL = Coordinate(40, 4, 4)
 
@@ -31,7 +32,7 @@ def segmentation(tmp_path: Path) -> tuple[Path, np.ndarray]:
     data[7, 60, 60] = 60  # dust: one voxel
     data[:, 20:64, 20:40] = 70  # a giant merge
     path = tmp_path / "seg.zarr"
-    array = prepare_ds(
+    array = prepare_volume(
         path / "segmentation", shape=data.shape, offset=(400, 0, 0), voxel_size=VOXEL,
         dtype=np.uint64, mode="w",
     )  # fmt: skip
@@ -99,7 +100,7 @@ def painting(path: Path, voxel_size: Coordinate = VOXEL) -> Array:
     paint[5, 0:16, 0:8] = 4  # one object split between neurites 10 and 11: not a merge
     paint[10, 8:13, 0:8] = 5  # neurite 11 wholly ...
     paint[10, 13:21, 0:8] = 6  # ... and 3/8 of this one, the rest in neurite 12
-    array = prepare_ds(
+    array = prepare_volume(
         path / "painting", shape=paint.shape, offset=(400, 0, 0), voxel_size=voxel_size,
         dtype=np.uint64, mode="w",
     )  # fmt: skip
@@ -114,20 +115,35 @@ def test_segments_covering_two_painted_objects_of_a_section_are_dropped(tmp_path
     assert painted_merges(seg, paint, seg.roi, 0.5).tolist() == [70]
     assert painted_merges(seg, paint, seg.roi, 0.3).tolist() == [11, 70]  # 3/8 counts now
     rule = SegmentFilter(outlier_std=None)
-    report = make_pseudo_labels((path, "segmentation"), (path, "pseudo"), rule, painting=paint)
+    source, painted = (path, "segmentation"), (path, "painting")
+    report = make_pseudo_labels(source, (path, "pseudo"), rule, painting=painted)
     np.testing.assert_array_equal(
         open_ds(path / "pseudo").to_ndarray(seg.roi), np.where(data == 70, 0, data)
     )
     assert report.dropped["merges painted objects"] == 1 and report.kept_segments == 8
     off = SegmentFilter(outlier_std=None, drop_painted_merges=False)
-    assert (
-        make_pseudo_labels((path, "segmentation"), (path, "all"), off, painting=paint).dropped[
-            "merges painted objects"
-        ]
-        == 0
-    )
+    everything = make_pseudo_labels(source, (path, "all"), off, painting=painted)
+    assert everything.dropped["merges painted objects"] == 0
     # a painting on another grid cannot be compared voxel by voxel: one line, nothing written
-    other = painting(tmp_path / "other.zarr", Coordinate(40, 8, 8))
+    painting(tmp_path / "other.zarr", Coordinate(40, 8, 8))
     with pytest.raises(ConnectoError, match=r"voxel size \(40, 8, 8\) is not the segmentation's"):
-        make_pseudo_labels((path, "segmentation"), (path, "x"), rule, painting=other)
+        make_pseudo_labels(
+            source, (path, "x"), rule, painting=(tmp_path / "other.zarr", "painting")
+        )
     assert not (path / "x").exists()
+
+
+def test_the_command_drops_painted_merges_and_says_a_missing_painting_in_one_line(
+    tmp_path: Path, connecto
+) -> None:
+    path, data = segmentation(tmp_path)
+    painting(path)
+    args = ("bootstrap", "pseudo-labels", path, "segmentation", tmp_path / "out.zarr")
+    done = connecto(*args, "--painting", path, "--painting-dataset", "painting")
+    assert done.returncode == 0, done.stderr
+    assert "1 merges painted objects" in done.stdout
+    kept = open_ds(tmp_path / "out.zarr" / "labels")
+    assert 70 not in np.unique(kept.to_ndarray(kept.roi))
+    missing = connecto(*args, "--painting", path, "--painting-dataset", "nope")
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "no dataset 'nope' (painting)" in missing.stderr + missing.stdout
