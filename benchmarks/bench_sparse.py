@@ -9,8 +9,12 @@ fragments -> agglomerate -> extract -> evaluate:
   model -> stacked 2D predictions -> 2D->3D affinities) and one bootstrapped round (3D
   MTLSD on round 0's filtered segments);
 - the shipped watershed supervoxels (the baseline the issue names).
-The 2D->3D model never sees labels: it is trained once on synthetic data at the volume's
-voxel size and reused by both sparse chains. Budgets (iterations, and the wall seconds
+The chain runs on the train slab only (its `roi`): the painting, every model it trains
+and every pseudo label lie there, as for the dense model; the test slab is predicted
+afterwards with the chain's checkpoints (2D -> 2D->3D for round 0, the round's MTLSD for
+round 1) and segmented with the same settings as the dense row. The 2D->3D model never
+sees labels: it is trained once on synthetic data at the volume's voxel size and reused
+by both sparse chains. Budgets (iterations, and the wall seconds
 each training took on this machine) are printed with the rows, and the labelled fraction
 (of the volume's voxels) next to each result. The 2D and round models train with the dense
 model's learning rate (5e-4) and, like it, without augmentation.
@@ -194,7 +198,7 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
     for name in os.environ.get("BENCH_SPARSE_SPARSITY", "sections,disks").split(","):
         labels, fraction, described = _sparse_labels(work, data, name, train_depth)
         print(f"  sparse ({name}): {described}, labelled fraction {fraction:.4f}", flush=True)
-        chain = _chain_of(work, name, data, labels, budgets, affs_checkpoint)
+        chain = _chain_of(work, name, data, labels, budgets, affs_checkpoint, template.train_roi)
         try:
             seconds = _run_chain(chain)
         except ConnectoError as error:  # a row fails, the others still run
@@ -207,10 +211,14 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
             if record.get(step, {}).get("state") != "done":
                 print(f"    round {r}: not scored ({step} did not finish)", flush=True)
                 continue
-            container = chain.round_dir(r) / "segment.zarr"
             label = f"sparse {name}, " + ("2D -> 2D->3D" if r == 0 else "round 1")
+            container = work / f"{name}_round{r}_test.zarr"
             try:
-                best = _score_affinities(work, f"{name}_round{r}", container, base)
+                if r == 0:
+                    _round_0_on_test(work, name, record, data, template.test_roi, container)
+                    best = _score_affinities(work, f"{name}_round{r}", container, base)
+                else:
+                    best = _round_1_on_test(work, name, record, container, base)
             except ConnectoError as error:
                 print(f"    {label}: not scored: {error}", flush=True)
                 continue
@@ -227,10 +235,46 @@ def _roi(roi: list[list[int]]) -> Any:
     return Roi(roi[0], roi[1])
 
 
+def _round_0_on_test(work: Path, name: str, record: dict[str, Any], data: Path,
+                     test_roi: list[list[int]], out: Path) -> None:  # fmt: skip
+    """The chain's 2D model on the test slab (and the sections around it, the 3D
+    network's context), then its 2D->3D model: `out`/affs."""
+    from funlib.geometry import Coordinate
+
+    from connecto.experiment import checkpoint_config
+    from connecto.tasks.affinities_from_2d.config import AffinitiesFrom2dTrainConfig
+    from connecto.tasks.affinities_from_2d.predict import predict_affinities
+    from connecto.tasks.segmentation_2d.predict import predict_sections, train_config_of
+
+    checkpoint_2d = Path(record["train-2d"]["stats"]["checkpoint"])
+    checkpoint_3d = Path(record["train-3d"]["stats"]["checkpoint"])
+    config_3d = checkpoint_config(checkpoint_3d, AffinitiesFrom2dTrainConfig, "affinities-from-2d")
+    voxel_size = Coordinate(config_3d.voxel_size)
+    context = Coordinate(config_3d.input_shape) - Coordinate(config_3d.network_output_shape)
+    roi = _roi(test_roi)
+    stack_roi = roi.grow(context * voxel_size, context * voxel_size)
+    stack_roi = stack_roi.intersect(open_volume(data, "volumes/raw").roi)
+    stack = work / f"{name}_test_2d.zarr"
+    predict_sections(checkpoint_2d, train_config_of(checkpoint_2d), data, "volumes/raw", stack,
+                     stack_roi, overwrite=True)  # fmt: skip
+    predict_affinities(checkpoint_3d, config_3d, stack, out, roi)
+
+
+def _round_1_on_test(work: Path, name: str, record: dict[str, Any], out: Path,
+                     base: dict[str, Any]) -> Any:  # fmt: skip
+    """The round's MTLSD predicted on the test slab into `out` and segmented, as the dense
+    row; the best threshold's scores."""
+    values = {**base, "checkpoint": record["round-1-train"]["stats"]["checkpoint"],
+              "graph": f"{name}_round1", "output_container": str(out)}  # fmt: skip
+    path = work / f"segment_{name}_round1.toml"
+    path.write_text(tomli_w.dumps(values))
+    return best_threshold(run_steps(path, STEPS, overwrite=True).scores)
+
+
 def _chain_of(work: Path, name: str, data: Path, labels: Path, budgets: dict[str, int],
-              affs_checkpoint: str | None) -> Chain:  # fmt: skip
+              affs_checkpoint: str | None, roi: list[list[int]]) -> Chain:  # fmt: skip
     config = {
-        "experiment": f"sparse_{name}", "base": str(work / "runs"),
+        "experiment": f"sparse_{name}", "base": str(work / "runs"), "roi": roi,
         "raw_container": str(data), "raw_dataset": "volumes/raw",
         "labels_container": str(labels), "labels_dataset": "labels",
         "segment": {"block_size": [64, 64, 64], "num_workers": 2},
