@@ -215,7 +215,7 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
             container = work / f"{name}_round{r}_test.zarr"
             try:
                 if r == 0:
-                    _round_0_on_test(work, name, record, data, template.test_roi, container)
+                    _round_0_on_test(work, name, record, data, base, container)
                     best = _score_affinities(work, f"{name}_round{r}", container, base)
                 else:
                     best = _round_1_on_test(work, name, record, container, base)
@@ -236,9 +236,10 @@ def _roi(roi: list[list[int]]) -> Any:
 
 
 def _round_0_on_test(work: Path, name: str, record: dict[str, Any], data: Path,
-                     test_roi: list[list[int]], out: Path) -> None:  # fmt: skip
-    """The chain's 2D model on the test slab (and the sections around it, the 3D
-    network's context), then its 2D->3D model: `out`/affs."""
+                     base: dict[str, Any], out: Path) -> None:  # fmt: skip
+    """The chain's 2D model on the test slab and the validation slab the segmentation
+    chooses its threshold on (and the sections around them, the 3D network's context),
+    then its 2D->3D model: `out`/affs."""
     from funlib.geometry import Coordinate
 
     from connecto.experiment import checkpoint_config
@@ -251,7 +252,9 @@ def _round_0_on_test(work: Path, name: str, record: dict[str, Any], data: Path,
     config_3d = checkpoint_config(checkpoint_3d, AffinitiesFrom2dTrainConfig, "affinities-from-2d")
     voxel_size = Coordinate(config_3d.voxel_size)
     context = Coordinate(config_3d.input_shape) - Coordinate(config_3d.network_output_shape)
-    roi = _roi(test_roi)
+    roi = _roi(base["roi"])
+    if base.get("validation_roi"):
+        roi = roi.union(_roi(base["validation_roi"]))
     stack_roi = roi.grow(context * voxel_size, context * voxel_size)
     stack_roi = stack_roi.intersect(open_volume(data, "volumes/raw").roi)
     stack = work / f"{name}_test_2d.zarr"
