@@ -184,13 +184,9 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
         os.environ["BENCH_SEGMENT_CHECKPOINT"] = os.environ["BENCH_SPARSE_DENSE_CHECKPOINT"]
     checkpoint, how = _trained_setup(work / "dense", data, budgets["dense"])
     print(f"    dense MTLSD: {how}", flush=True)
-    values = {**base, "checkpoint": str(checkpoint), "graph": "dense",
-              "output_container": str(work / "dense.zarr")}  # fmt: skip
-    path = work / "segment_dense.toml"
-    path.write_text(tomli_w.dumps(values))
-    elapsed, report = _timed(run_steps, path, STEPS)
+    elapsed, best = _timed(_predict_and_score, work, "dense", checkpoint, work / "dense.zarr", base)
     dense_fraction = float(np.count_nonzero(truth.to_ndarray(_roi(template.train_roi))))
-    rows.append(("dense MTLSD", best_threshold(report.scores), elapsed))
+    rows.append(("dense MTLSD", best, elapsed))
     _boundary_weight_rows(rows, work, "dense", "dense MTLSD", work / "dense.zarr", base)
     print(f"    (dense labelled fraction {dense_fraction / np.prod(truth.shape):.3f})")
 
@@ -218,7 +214,8 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
                     _round_0_on_test(work, name, record, data, base, container)
                     best = _score_affinities(work, f"{name}_round{r}", container, base)
                 else:
-                    best = _round_1_on_test(work, name, record, container, base)
+                    checkpoint = record["round-1-train"]["stats"]["checkpoint"]
+                    best = _predict_and_score(work, f"{name}_round1", checkpoint, container, base)
             except ConnectoError as error:
                 print(f"    {label}: not scored: {error}", flush=True)
                 continue
@@ -251,7 +248,7 @@ def _round_0_on_test(work: Path, name: str, record: dict[str, Any], data: Path,
     checkpoint_3d = Path(record["train-3d"]["stats"]["checkpoint"])
     config_3d = checkpoint_config(checkpoint_3d, AffinitiesFrom2dTrainConfig, "affinities-from-2d")
     voxel_size = Coordinate(config_3d.voxel_size)
-    context = Coordinate(config_3d.input_shape) - Coordinate(config_3d.network_output_shape)
+    context = (Coordinate(config_3d.input_shape) - Coordinate(config_3d.network_output_shape)) / 2
     roi = _roi(base["roi"])
     if base.get("validation_roi"):
         roi = roi.union(_roi(base["validation_roi"]))
@@ -263,13 +260,12 @@ def _round_0_on_test(work: Path, name: str, record: dict[str, Any], data: Path,
     predict_affinities(checkpoint_3d, config_3d, stack, out, roi)
 
 
-def _round_1_on_test(work: Path, name: str, record: dict[str, Any], out: Path,
-                     base: dict[str, Any]) -> Any:  # fmt: skip
-    """The round's MTLSD predicted on the test slab into `out` and segmented, as the dense
-    row; the best threshold's scores."""
-    values = {**base, "checkpoint": record["round-1-train"]["stats"]["checkpoint"],
-              "graph": f"{name}_round1", "output_container": str(out)}  # fmt: skip
-    path = work / f"segment_{name}_round1.toml"
+def _predict_and_score(work: Path, name: str, checkpoint: str | Path, out: Path,
+                       base: dict[str, Any]) -> Any:  # fmt: skip
+    """An MTLSD checkpoint predicted on the test slab into `out`, segmented and scored
+    (every `connecto segment` step); the best threshold's scores."""
+    values = {**base, "checkpoint": str(checkpoint), "graph": name, "output_container": str(out)}
+    path = work / f"segment_{name}.toml"
     path.write_text(tomli_w.dumps(values))
     return best_threshold(run_steps(path, STEPS, overwrite=True).scores)
 
