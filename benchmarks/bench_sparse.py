@@ -25,7 +25,9 @@ BENCH_SPARSE_DISKS="N,R" (default 5,200) the disks; BENCH_SPARSE_SPARSITY="secti
 MTLSD checkpoint trained before (`make bench BENCH=segment`'s, same settings) instead of
 training one now, BENCH_SPARSE_AFFS_CHECKPOINT=PATH a 2D->3D checkpoint (synthetic data at
 10 nm); BENCH_SPARSE_KEEP=DIR keeps the work; BENCH_SPARSE_BOUNDARY_WEIGHTS="0.5,0.9" adds
-rows segmenting the same affinities with those `watershed_boundary_weight`s.
+rows segmenting the same affinities with those `watershed_boundary_weight`s;
+BENCH_SPARSE_ROUNDS=0 stops the chains at round 0 (with BENCH_SPARSE_KEEP, a later run
+with rounds continues them).
 """
 
 from __future__ import annotations
@@ -282,7 +284,8 @@ def _chain_of(work: Path, name: str, data: Path, labels: Path, budgets: dict[str
             {"checkpoint": affs_checkpoint} if affs_checkpoint
             else {"iterations": budgets["3d"], "set": AFFS_FROM_2D}
         ),
-        "rounds": {"count": 1, "iterations": budgets["round"], "set": SMALL_3D,
+        "rounds": {"count": int(os.environ.get("BENCH_SPARSE_ROUNDS", "1")),
+                   "iterations": budgets["round"], "set": SMALL_3D,
                    "filter": {"min_size": 500, "min_sections": 3, "outlier_std": 3.0}},
     }  # fmt: skip
     path = work / f"bootstrap_{name}.toml"

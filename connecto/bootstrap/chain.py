@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connecto import ConnectoError
 from connecto.bootstrap.painted import CANDIDATES, PaintedChoice, choose_threshold
+from connecto.bootstrap.painted_cut import PaintedCut, write_painted_cut
 from connecto.bootstrap.pseudo_labels import SegmentFilter, make_pseudo_labels
 from connecto.config import ConfigModel, PositiveInt, load_config, write_config
 from connecto.data.volumes import open_raw
@@ -58,6 +59,12 @@ class Rounds(TrainStep):
     """The bootstrapped 3D MTLSD rounds and how their pseudo ground truth is filtered."""
 
     count: int = Field(default=1, ge=0)
+    cut: Literal["painted", "threshold"] = Field(
+        default="painted",
+        description='"painted": each segment at the highest candidate threshold at which the '
+        'painting shows it no merge (see connecto.bootstrap.painted_cut); "threshold": '
+        "the previous segmentation at its one threshold",
+    )
     filter: SegmentFilter = Field(default_factory=SegmentFilter)
 
 
@@ -418,9 +425,14 @@ class Chain:
 
     def pseudo_labels(self, r: int) -> dict[str, Any]:
         out = self.round_dir(r) / PSEUDO_LABELS
-        report = make_pseudo_labels(self.segmentation_of(r - 1), (out, "labels"),
-                                    self.config.rounds.filter, self.roi,
-                                    self._painting_source())  # fmt: skip
+        figures: dict[str, Any] = {}
+        if self.config.rounds.cut == "painted":
+            source, cut = self._painted_cut(r - 1)
+            figures["cut"] = cut.summary()
+        else:
+            source = self.segmentation_of(r - 1)
+        report = make_pseudo_labels(source, (out, "labels"), self.config.rounds.filter,
+                                    self.roi, self._painting_source())  # fmt: skip
         if report.kept_segments == 0:
             raise ConnectoError(
                 f"round {r}: no segment of round {r - 1} passed the filter "
@@ -428,7 +440,21 @@ class Chain:
             )
         return {"kept_segments": report.kept_segments, "segments": report.segments,
                 "kept_fraction": round(report.kept_fraction, 4), "dropped": report.dropped,
-                "outputs": {"labels": f"{out}/labels"}}  # fmt: skip
+                **figures, "outputs": {"labels": f"{out}/labels"}}  # fmt: skip
+
+    def _painted_cut(self, r: int) -> tuple[tuple[Path, str], PaintedCut]:
+        """Round r's merge hierarchy cut where the painting shows merges, written beside
+        its segmentations."""
+        from connecto.tasks.segmentation.config import load_segment_config
+
+        config, _ = load_segment_config(self.round_dir(r) / "segment_config.toml")
+        output = (self.round_dir(r) / "segment.zarr", "segmentation/painted_cut")
+        rule = self.config.rounds.filter
+        fixed = self.config.threshold
+        thresholds = self.config.candidates if fixed == "painted" else [fixed]
+        cut = write_painted_cut(config, self._painting()[1], thresholds, output,
+                                rule.painted_overlap, rule.max_size, self.roi)  # fmt: skip
+        return output, cut
 
     def train_round(self, r: int) -> dict[str, Any]:
         values = {

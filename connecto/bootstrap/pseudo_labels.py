@@ -73,7 +73,7 @@ class FilterReport:
         )
 
 
-def _slabs(array: Array, roi: Roi) -> Iterator[Roi]:
+def slabs(array: Array, roi: Roi) -> Iterator[Roi]:
     """`roi` in slabs of SLAB_SECTIONS sections."""
     voxel_size = Coordinate(array.voxel_size)
     step = SLAB_SECTIONS * voxel_size[0]
@@ -86,7 +86,7 @@ def segment_statistics(array: Array, roi: Roi) -> tuple[np.ndarray, np.ndarray, 
     """Non-zero ids with their voxel counts and the number of sections each spans."""
     sizes: dict[int, int] = {}
     sections: dict[int, int] = {}
-    for slab in _slabs(array, roi):
+    for slab in slabs(array, roi):
         data = array.to_ndarray(slab)
         ids, counts = fastremap.unique(data, return_counts=True)
         for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
@@ -103,32 +103,63 @@ def segment_statistics(array: Array, roi: Roi) -> tuple[np.ndarray, np.ndarray, 
     )
 
 
-def painted_merges(segmentation: Array, painting: Array, roi: Roi, overlap: float) -> np.ndarray:
-    """Ids of the segments that cover at least `overlap` of each of two or more painted
-    objects (non-zero ids) of one section: merges the painting shows. Read in slabs."""
-    if Coordinate(painting.voxel_size) != Coordinate(segmentation.voxel_size):
+def painted_overlaps(
+    labels: Array, painting: Array, roi: Roi
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where `labels` meets the painting, one row per (section, painted object, label):
+    the section's z index, the object, the label and the voxels they share. Read in slabs."""
+    if Coordinate(painting.voxel_size) != Coordinate(labels.voxel_size):
         raise ConnectoError(
             f"the painting's voxel size {tuple(painting.voxel_size)} is not the "
-            f"segmentation's {tuple(segmentation.voxel_size)}"
+            f"segmentation's {tuple(labels.voxel_size)}"
         )
-    merged: set[int] = set()
-    for slab in _slabs(segmentation, roi.intersect(painting.roi)):
+    rows: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    voxel_z = Coordinate(labels.voxel_size)[0]
+    for slab in slabs(labels, roi.intersect(painting.roi)):
         painted = painting.to_ndarray(slab)
         if not painted.any():
             continue
-        segments = segmentation.to_ndarray(slab)
-        for paint, segment in zip(painted, segments, strict=True):
+        segments = labels.to_ndarray(slab)
+        for index, (paint, segment) in enumerate(zip(painted, segments, strict=True)):
             labelled = paint > 0
             if not labelled.any():
                 continue
             pairs = np.stack([paint[labelled], segment[labelled]]).astype(np.uint64)
-            (objects, covering), counts = np.unique(pairs, axis=1, return_counts=True)
-            ids, areas = np.unique(pairs[0], return_counts=True)
-            share = counts / areas[np.searchsorted(ids, objects)]
-            claims = covering[(share >= overlap) & (covering > 0)]
-            claimants, claimed = np.unique(claims, return_counts=True)
-            merged.update(claimants[claimed >= 2].tolist())
-    return np.array(sorted(merged), dtype=np.uint64)
+            unique, count = np.unique(pairs, axis=1, return_counts=True)
+            z = slab.begin[0] // voxel_z + index
+            rows.append(np.vstack([np.full(unique.shape[1], z, np.uint64), unique]))
+            counts.append(count)
+    if not rows:
+        empty = np.zeros(0, np.uint64)
+        return empty, empty, empty, np.zeros(0, np.int64)
+    sections, objects, ids = np.hstack(rows)
+    return sections, objects, ids, np.concatenate(counts)
+
+
+def merge_claimants(
+    sections: np.ndarray, objects: np.ndarray, segments: np.ndarray, voxels: np.ndarray,
+    overlap: float,
+) -> np.ndarray:  # fmt: skip
+    """The segments covering at least `overlap` of each of two or more painted objects of
+    one section, from `painted_overlaps` rows (repeated rows are summed; segment 0 is
+    background: it counts in an object's area, never as a claimant)."""
+    if not len(sections):
+        return np.zeros(0, np.uint64)
+    rows = np.stack([sections, objects, segments]).astype(np.uint64)
+    keys, inverse = np.unique(rows, axis=1, return_inverse=True)
+    shared = np.bincount(inverse.ravel(), weights=voxels)
+    _, of_object = np.unique(keys[:2], axis=1, return_inverse=True)
+    area = np.bincount(of_object.ravel(), weights=shared)
+    claims = keys[:, (shared / area[of_object.ravel()] >= overlap) & (keys[2] > 0)]
+    pairs, claimed = np.unique(claims[[0, 2]], axis=1, return_counts=True)
+    return np.unique(pairs[1][claimed >= 2])
+
+
+def painted_merges(segmentation: Array, painting: Array, roi: Roi, overlap: float) -> np.ndarray:
+    """Ids of the segments that cover at least `overlap` of each of two or more painted
+    objects (non-zero ids) of one section: merges the painting shows. Read in slabs."""
+    return merge_claimants(*painted_overlaps(segmentation, painting, roi), overlap)
 
 
 def dropped_segments(
@@ -189,7 +220,7 @@ def make_pseudo_labels(
         dtype=source.dtype, mode="w",
     )  # fmt: skip
     dropped = drop.astype(source.dtype)
-    for slab in _slabs(source, roi):
+    for slab in slabs(source, roi):
         data = source.to_ndarray(slab)
         if len(dropped):
             fastremap.mask(data, dropped, in_place=True)  # dropped ids -> 0
