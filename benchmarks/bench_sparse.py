@@ -7,7 +7,10 @@ fragments -> agglomerate -> extract -> evaluate:
 - the sparse chain (`connecto bootstrap run`) from (a) one section in 20 of the train slab
   (5 %) and (b) disk_N (N disks of radius R per section of the train slab): round 0 (2D
   model -> stacked 2D predictions -> 2D->3D affinities) and one bootstrapped round (3D
-  MTLSD on round 0's filtered segments);
+  MTLSD on round 0's filtered segments), its pseudo labels from each of SOURCES
+  (`[rounds] source`: round 0's fragments joined again under the painting's constraints,
+  or its segmentation as is), each source a chain of its own reusing the first one's 2D
+  and 2D->3D models, with the pseudo labels scored against the truth of the train slab;
 - the shipped watershed supervoxels (the baseline the issue names).
 The chain runs on the train slab only (its `roi`): the painting, every model it trains
 and every pseudo label lie there, as for the dense model; the test slab is predicted
@@ -26,8 +29,8 @@ MTLSD checkpoint trained before (`make bench BENCH=segment`'s, same settings) in
 training one now, BENCH_SPARSE_AFFS_CHECKPOINT=PATH a 2D->3D checkpoint (synthetic data at
 10 nm); BENCH_SPARSE_KEEP=DIR keeps the work; BENCH_SPARSE_BOUNDARY_WEIGHTS="0.5,0.9" adds
 rows segmenting the same affinities with those `watershed_boundary_weight`s;
-BENCH_SPARSE_ROUNDS=0 stops the chains at round 0 (with BENCH_SPARSE_KEEP, a later run
-with rounds continues them).
+BENCH_SPARSE_SOURCES="segmentation" chooses the sources; BENCH_SPARSE_ROUNDS=0 stops the
+chains at round 0 (with BENCH_SPARSE_KEEP, a later run with rounds continues them).
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ SMALL_3D = {"fmaps": 6, "fmap_inc_factor": 3, "worker.num_cache_workers": 2, **S
 AFFS_FROM_2D = {"input_shape": [76, 76, 76], "downsample_factors": [[2, 2, 2], [2, 2, 2]],
                 "fmaps": 6, "fmap_inc_factor": 3, "neurite_diameter": [150.0, 600.0],
                 "worker.num_cache_workers": 2}  # fmt: skip
+# where round 1's pseudo labels come from, each a chain of its own (the first trains the
+# 2D and 2D->3D models, the others reuse them)
+SOURCES = ("painted-agglomeration", "segmentation")
 MODEL_2D = {"batch_size": 2, "worker.num_cache_workers": 2, **SAME_AS_DENSE}
 
 
@@ -193,39 +199,68 @@ def _measure(work: Path, db_name: str, budgets: dict[str, int]) -> None:
     print(f"    (dense labelled fraction {dense_fraction / np.prod(truth.shape):.3f})")
 
     affs_checkpoint = os.environ.get("BENCH_SPARSE_AFFS_CHECKPOINT")
+    sources = os.environ.get("BENCH_SPARSE_SOURCES", ",".join(SOURCES)).split(",")
+    train_truth = truth.to_ndarray(_roi(template.train_roi))
     for name in os.environ.get("BENCH_SPARSE_SPARSITY", "sections,disks").split(","):
         labels, fraction, described = _sparse_labels(work, data, name, train_depth)
         print(f"  sparse ({name}): {described}, labelled fraction {fraction:.4f}", flush=True)
-        chain = _chain_of(work, name, data, labels, budgets, affs_checkpoint, template.train_roi)
-        try:
-            seconds = _run_chain(chain)
-        except ConnectoError as error:  # a row fails, the others still run
-            print(f"    chain stopped: {error}", flush=True)
-            seconds = 0.0
-        record = {d["step"]: d for d in chain.lineage()}
-        if record.get("train-3d", {}).get("state") == "done":
-            affs_checkpoint = affs_checkpoint or record["train-3d"]["stats"]["checkpoint"]
-        for r, step in ((0, "predict-3d"), (1, "round-1-segment")):
-            if record.get(step, {}).get("state") != "done":
-                print(f"    round {r}: not scored ({step} did not finish)", flush=True)
-                continue
-            label = f"sparse {name}, " + ("2D -> 2D->3D" if r == 0 else "round 1")
-            container = work / f"{name}_round{r}_test.zarr"
+        models: dict[str, str] = {}  # the first chain's checkpoints, reused by the others
+        for source in sources:
+            tag = name if not models else f"{name}_{source}"
+            chain = _chain_of(work, tag, data, labels, budgets, affs_checkpoint,
+                              template.train_roi, source, models)  # fmt: skip
             try:
-                if r == 0:
-                    _round_0_on_test(work, name, record, data, base, container)
-                    best = _score_affinities(work, f"{name}_round{r}", container, base)
-                else:
-                    checkpoint = record["round-1-train"]["stats"]["checkpoint"]
-                    best = _predict_and_score(work, f"{name}_round1", checkpoint, container, base)
-            except ConnectoError as error:
-                print(f"    {label}: not scored: {error}", flush=True)
-                continue
-            rows.append((label, best, seconds if r == 1 else 0.0))
-            _boundary_weight_rows(rows, work, f"{name}_round{r}", label, container, base)
-            print(f"    labelled fraction {fraction:.4f}", flush=True)
-        kept = record.get("round-1-pseudo-labels", {}).get("stats", {})
-        print(f"    round 1 pseudo labels: {kept}", flush=True)
+                seconds = _run_chain(chain)
+            except ConnectoError as error:  # a row fails, the others still run
+                print(f"    chain stopped: {error}", flush=True)
+                seconds = 0.0
+            record = {d["step"]: d for d in chain.lineage()}
+            if record.get("train-3d", {}).get("state") == "done":
+                affs_checkpoint = affs_checkpoint or record["train-3d"]["stats"]["checkpoint"]
+            steps = ((0, "predict-3d"), (1, "round-1-segment")) if not models else (
+                (1, "round-1-segment"),
+            )  # fmt: skip
+            if not models and record.get("train-2d", {}).get("state") == "done":
+                models = {
+                    key: record[key]["stats"]["checkpoint"] for key in ("train-2d", "train-3d")
+                }
+            for r, step in steps:
+                if record.get(step, {}).get("state") != "done":
+                    print(f"    round {r}: not scored ({step} did not finish)", flush=True)
+                    continue
+                label = f"sparse {name}, " + ("2D -> 2D->3D" if r == 0 else f"round 1, {source}")
+                container = work / f"{tag}_round{r}_test.zarr"
+                try:
+                    if r == 0:
+                        _round_0_on_test(work, name, record, data, base, container)
+                        best = _score_affinities(work, f"{name}_round{r}", container, base)
+                    else:
+                        checkpoint = record["round-1-train"]["stats"]["checkpoint"]
+                        best = _predict_and_score(work, f"{tag}_round1", checkpoint, container,
+                                                  base)  # fmt: skip
+                except ConnectoError as error:
+                    print(f"    {label}: not scored: {error}", flush=True)
+                    continue
+                rows.append((label, best, seconds if r == 1 else 0.0))
+                _boundary_weight_rows(rows, work, f"{tag}_round{r}", label, container, base)
+                print(f"    labelled fraction {fraction:.4f}", flush=True)
+            kept = record.get("round-1-pseudo-labels", {})
+            print(f"    round 1 pseudo labels ({source}): {kept.get('stats', {})}", flush=True)
+            if kept.get("state") == "done":
+                _score_pseudo_labels(Path(kept["outputs"]["labels"]), train_truth)
+
+
+def _score_pseudo_labels(path: Path, truth: np.ndarray) -> None:
+    """The pseudo labels against the dense truth, over the voxels they keep."""
+    from funlib.persistence import open_ds
+
+    pseudo = open_ds(path)
+    kept = pseudo.to_ndarray(pseudo.roi)
+    labelled = kept > 0
+    scores = score_segmentation(kept[labelled], truth[labelled])
+    print(f"    pseudo labels against the truth: {labelled.mean():.1%} of the train slab kept, "
+          f"VOI split {scores.voi_split:.3f}, merge {scores.voi_merge:.3f}, "
+          f"ARAND {scores.arand:.3f} over the kept voxels", flush=True)  # fmt: skip
 
 
 def _roi(roi: list[list[int]]) -> Any:
@@ -273,19 +308,25 @@ def _predict_and_score(work: Path, name: str, checkpoint: str | Path, out: Path,
 
 
 def _chain_of(work: Path, name: str, data: Path, labels: Path, budgets: dict[str, int],
-              affs_checkpoint: str | None, roi: list[list[int]]) -> Chain:  # fmt: skip
+              affs_checkpoint: str | None, roi: list[list[int]], source: str,
+              models: dict[str, str]) -> Chain:  # fmt: skip
+    """The chain `sparse_<name>`; `models`: trained 2D and 2D->3D checkpoints to reuse."""
+    affs_checkpoint = models.get("train-3d", affs_checkpoint)
     config = {
         "experiment": f"sparse_{name}", "base": str(work / "runs"), "roi": roi,
         "raw_container": str(data), "raw_dataset": "volumes/raw",
         "labels_container": str(labels), "labels_dataset": "labels",
         "segment": {"block_size": [64, 64, 64], "num_workers": 2},
-        "model_2d": {"iterations": budgets["2d"], "set": MODEL_2D},
+        "model_2d": (
+            {"checkpoint": models["train-2d"]} if models
+            else {"iterations": budgets["2d"], "set": MODEL_2D}
+        ),
         "affinities_from_2d": (
             {"checkpoint": affs_checkpoint} if affs_checkpoint
             else {"iterations": budgets["3d"], "set": AFFS_FROM_2D}
         ),
         "rounds": {"count": int(os.environ.get("BENCH_SPARSE_ROUNDS", "1")),
-                   "iterations": budgets["round"], "set": SMALL_3D,
+                   "iterations": budgets["round"], "set": SMALL_3D, "source": source,
                    "filter": {"min_size": 500, "min_sections": 3, "outlier_std": 3.0}},
     }  # fmt: skip
     path = work / f"bootstrap_{name}.toml"

@@ -30,7 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connecto import ConnectoError
 from connecto.bootstrap.painted import CANDIDATES, PaintedChoice, choose_threshold
-from connecto.bootstrap.painted_cut import PaintedCut, write_painted_cut
+from connecto.bootstrap.painted_agglomeration import (
+    PaintedAgglomeration,
+    write_painted_agglomeration,
+)
 from connecto.bootstrap.pseudo_labels import SegmentFilter, make_pseudo_labels
 from connecto.config import ConfigModel, PositiveInt, load_config, write_config
 from connecto.data.volumes import open_raw
@@ -59,11 +62,11 @@ class Rounds(TrainStep):
     """The bootstrapped 3D MTLSD rounds and how their pseudo ground truth is filtered."""
 
     count: int = Field(default=1, ge=0)
-    cut: Literal["painted", "threshold"] = Field(
-        default="painted",
-        description='"painted": each segment at the highest candidate threshold at which the '
-        'painting shows it no merge (see connecto.bootstrap.painted_cut); "threshold": '
-        "the previous segmentation at its one threshold",
+    source: Literal["painted-agglomeration", "segmentation"] = Field(
+        default="painted-agglomeration",
+        description='"painted-agglomeration": the previous round\'s fragments joined again up to '
+        "its threshold, refusing every union the painting shows to be a merge "
+        '(connecto.bootstrap.painted_agglomeration); "segmentation": its segmentation as is',
     )
     filter: SegmentFilter = Field(default_factory=SegmentFilter)
 
@@ -426,9 +429,9 @@ class Chain:
     def pseudo_labels(self, r: int) -> dict[str, Any]:
         out = self.round_dir(r) / PSEUDO_LABELS
         figures: dict[str, Any] = {}
-        if self.config.rounds.cut == "painted":
-            source, cut = self._painted_cut(r - 1)
-            figures["cut"] = cut.summary()
+        if self.config.rounds.source == "painted-agglomeration":
+            source, joined = self._painted_agglomeration(r - 1)
+            figures["agglomeration"] = {"merged": joined.merged, "refused": joined.refused}
         else:
             source = self.segmentation_of(r - 1)
         report = make_pseudo_labels(source, (out, "labels"), self.config.rounds.filter,
@@ -442,19 +445,20 @@ class Chain:
                 "kept_fraction": round(report.kept_fraction, 4), "dropped": report.dropped,
                 **figures, "outputs": {"labels": f"{out}/labels"}}  # fmt: skip
 
-    def _painted_cut(self, r: int) -> tuple[tuple[Path, str], PaintedCut]:
-        """Round r's merge hierarchy cut where the painting shows merges, written beside
-        its segmentations."""
+    def _painted_agglomeration(self, r: int) -> tuple[tuple[Path, str], PaintedAgglomeration]:
+        """Round r's fragments joined again under the painting's constraints, up to the
+        threshold its segmentation used, written beside its segmentations."""
         from connecto.tasks.segmentation.config import load_segment_config
 
         config, _ = load_segment_config(self.round_dir(r) / "segment_config.toml")
-        output = (self.round_dir(r) / "segment.zarr", "segmentation/painted_cut")
+        output = (self.round_dir(r) / "segment.zarr", "segmentation/painted_agglomeration")
+        step = "segment" if r == 0 else f"round-{r}-segment"
         rule = self.config.rounds.filter
-        fixed = self.config.threshold
-        thresholds = self.config.candidates if fixed == "painted" else [fixed]
-        cut = write_painted_cut(config, self._painting()[1], thresholds, output,
-                                rule.painted_overlap, rule.max_size, self.roi)  # fmt: skip
-        return output, cut
+        joined = write_painted_agglomeration(
+            config, self._painting()[1], self._stats_of(step)["threshold"], output,
+            rule.painted_overlap, rule.max_size, self.roi,
+        )  # fmt: skip
+        return output, joined
 
     def train_round(self, r: int) -> dict[str, Any]:
         values = {

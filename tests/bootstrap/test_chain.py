@@ -128,12 +128,13 @@ def test_the_chain_runs_records_its_lineage_and_resumes(
     pseudo = open_ds(Path(lineage["round-1-pseudo-labels"]["outputs"]["labels"]))
     kept = set(np.unique(pseudo.to_ndarray(pseudo.roi)).tolist()) - {0}
     assert len(kept) == lineage["round-1-pseudo-labels"]["stats"]["kept_segments"]
-    # from round 0's merge hierarchy, cut where the painting shows merges (beside its
-    # segmentations), not from the one segmentation at the chosen threshold
-    cut = lineage["round-1-pseudo-labels"]["stats"]["cut"]
-    cut_path = Path(lineage["segment"]["outputs"]["segmentation"]).parent / "painted_cut"
-    cut_labels = open_ds(cut_path).to_ndarray(segmentation.roi)
-    assert sum(cut.values()) == len(set(np.unique(cut_labels).tolist()) - {0})
+    # from round 0's fragments joined again under the painting's constraints (beside its
+    # segmentations), up to the threshold round 0 chose
+    joined = lineage["round-1-pseudo-labels"]["stats"]["agglomeration"]
+    source = Path(lineage["segment"]["outputs"]["segmentation"]).parent / "painted_agglomeration"
+    attrs = open_ds(source).attrs["painted_agglomeration"]
+    assert attrs["threshold"] == lineage["segment"]["stats"]["threshold"]
+    assert joined == {"merged": attrs["merged"], "refused": attrs["refused"]}
     # kept segments are whole: the round trains their rims as boundaries
     round_setup = Path(lineage["round-1-train"]["stats"]["checkpoint"]).parent
     round_config = load_train_config(round_setup / "train_config.toml")
