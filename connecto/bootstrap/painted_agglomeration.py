@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from funlib.geometry import Coordinate, Roi
+from funlib.geometry import Roi
 from funlib.persistence import Array, open_ds
 
 from connecto import ConnectoError
-from connecto.bootstrap.pseudo_labels import painted_overlaps, segment_statistics, slabs
-from connecto.data.volumes import prepare_volume
+from connecto.bootstrap.pseudo_labels import (
+    painted_overlaps,
+    segment_statistics,
+    write_relabelled,
+)
 from connecto.postprocess.blockwise import apply_lut
 from connecto.tasks.segmentation.config import SegmentConfig
 from connecto.tasks.segmentation.steps import dataset_path, open_graph
@@ -127,14 +130,7 @@ def write_painted_agglomeration(
     overlaps = painted_overlaps(fragments, painting, roi)
     edges = edge_scores(config, open_graph(config))
     result = agglomerate_with_painting(ids, sizes, overlaps, edges, threshold, overlap, max_size)
-    voxel_size = Coordinate(fragments.voxel_size)
-    target = prepare_volume(
-        Path(output[0]) / output[1], shape=roi.shape / voxel_size, offset=roi.offset,
-        voxel_size=voxel_size, axis_names=["z", "y", "x"], units=["nm"] * 3,
-        dtype=fragments.dtype, mode="w",
-    )  # fmt: skip
-    for slab in slabs(fragments, roi):
-        target[slab] = apply_lut(fragments.to_ndarray(slab), result.lut)
+    target = write_relabelled(fragments, roi, output, lambda data: apply_lut(data, result.lut))
     target._source_data.attrs["painted_agglomeration"] = {
         "fragments": str(path), "threshold": threshold, "overlap": overlap,
         "max_size": max_size, "merged": result.merged, "refused": result.refused,

@@ -15,7 +15,7 @@ it never has to fit in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +80,23 @@ def slabs(array: Array, roi: Roi) -> Iterator[Roi]:
     for z in range(roi.begin[0], roi.end[0], step):
         depth = min(step, roi.end[0] - z)
         yield Roi((z, *roi.begin[1:]), (depth, *roi.shape[1:]))
+
+
+def write_relabelled(
+    source: Array, roi: Roi, output: tuple[str | Path, str],
+    relabel: Callable[[np.ndarray], np.ndarray],
+) -> Array:  # fmt: skip
+    """`relabel` of each slab of `source` over `roi`, written to `output` (container,
+    dataset; replaced if there)."""
+    voxel_size = Coordinate(source.voxel_size)
+    target = prepare_volume(
+        Path(output[0]) / output[1], shape=roi.shape / voxel_size, offset=roi.offset,
+        voxel_size=voxel_size, axis_names=["z", "y", "x"], units=["nm"] * 3,
+        dtype=source.dtype, mode="w",
+    )  # fmt: skip
+    for slab in slabs(source, roi):
+        target[slab] = relabel(source.to_ndarray(slab))
+    return target
 
 
 def segment_statistics(array: Array, roi: Roi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -213,18 +230,14 @@ def make_pseudo_labels(
         painted = open_raw(painting[0], painting[1], "painting")
         merges = painted_merges(source, painted, roi, rule.painted_overlap)
     drop, reasons = dropped_segments(ids, sizes, spans, rule, merges)
-    voxel_size = Coordinate(source.voxel_size)
-    target = prepare_volume(
-        Path(output[0]) / output[1], shape=roi.shape / voxel_size, offset=roi.offset,
-        voxel_size=voxel_size, axis_names=["z", "y", "x"], units=["nm"] * 3,
-        dtype=source.dtype, mode="w",
-    )  # fmt: skip
     dropped = drop.astype(source.dtype)
-    for slab in slabs(source, roi):
-        data = source.to_ndarray(slab)
+
+    def keep(data: np.ndarray) -> np.ndarray:
         if len(dropped):
             fastremap.mask(data, dropped, in_place=True)  # dropped ids -> 0
-        target[slab] = data
+        return data
+
+    target = write_relabelled(source, roi, output, keep)
     dropped_voxels = int(sizes[np.isin(ids, drop)].sum())
     report = FilterReport(
         segments=len(ids),
