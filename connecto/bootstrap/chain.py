@@ -62,11 +62,11 @@ class Rounds(TrainStep):
     """The bootstrapped 3D MTLSD rounds and how their pseudo ground truth is filtered."""
 
     count: int = Field(default=1, ge=0)
-    source: Literal["painted-agglomeration", "segmentation"] = Field(
-        default="painted-agglomeration",
-        description='"painted-agglomeration": the previous round\'s fragments joined again up to '
-        "its threshold, refusing every union the painting shows to be a merge "
-        '(connecto.bootstrap.painted_agglomeration); "segmentation": its segmentation as is',
+    source: Literal["segmentation", "painted-agglomeration"] = Field(
+        default="segmentation",
+        description='"segmentation": the previous segmentation as is; "painted-agglomeration": '
+        "the previous round's fragments joined again up to its threshold, refusing every "
+        "union the painting shows to be a merge (connecto.bootstrap.painted_agglomeration)",
     )
     filter: SegmentFilter = Field(default_factory=SegmentFilter)
 

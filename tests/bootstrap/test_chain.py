@@ -79,6 +79,7 @@ set = {table(small_3d)}
 
 [rounds]
 count = 1
+source = "painted-agglomeration"
 iterations = 2
 set = {table({**small_3d, "lsds": False})}
 # the untrained round 0 may be a few segments each over several painted objects: keep them
@@ -128,8 +129,8 @@ def test_the_chain_runs_records_its_lineage_and_resumes(
     pseudo = open_ds(Path(lineage["round-1-pseudo-labels"]["outputs"]["labels"]))
     kept = set(np.unique(pseudo.to_ndarray(pseudo.roi)).tolist()) - {0}
     assert len(kept) == lineage["round-1-pseudo-labels"]["stats"]["kept_segments"]
-    # from round 0's fragments joined again under the painting's constraints (beside its
-    # segmentations), up to the threshold round 0 chose
+    # (as configured) from round 0's fragments joined again under the painting's
+    # constraints (beside its segmentations), up to the threshold round 0 chose
     joined = lineage["round-1-pseudo-labels"]["stats"]["agglomeration"]
     source = Path(lineage["segment"]["outputs"]["segmentation"]).parent / "painted_agglomeration"
     attrs = open_ds(source).attrs["painted_agglomeration"]
@@ -142,8 +143,17 @@ def test_the_chain_runs_records_its_lineage_and_resumes(
 
     again = run_chain(chain_config, progress=False, log=lines.append)
     assert all(o.skipped for o in again)  # nothing redone
-    redo = run_chain(chain_config, start="round-1-train", progress=False, log=lines.append)
-    assert [o.name for o in redo if not o.skipped] == ["round-1-train", "round-1-segment"]
+    # the default source: round 0's segmentation as is, its kept ids its own
+    text = chain_config.read_text().replace('source = "painted-agglomeration"\n', "")
+    chain_config.write_text(text)
+    redo = run_chain(chain_config, start="round-1-pseudo-labels", progress=False,
+                     log=lines.append)  # fmt: skip
+    assert [o.name for o in redo if not o.skipped] == [
+        "round-1-pseudo-labels", "round-1-train", "round-1-segment",
+    ]  # fmt: skip
+    assert "agglomeration" not in redo[-3].record
+    again_kept = np.unique(pseudo.to_ndarray(pseudo.roi))
+    assert set(again_kept.tolist()) <= set(np.unique(segmentation.to_ndarray(pseudo.roi)).tolist())
 
     shown = connecto("bootstrap", "lineage", chain_config)
     assert shown.returncode == 0, shown.stderr
