@@ -56,12 +56,17 @@ def remote_setup(directory: Path, db_name: str, affinities: Path, **extra: objec
     return write_config(directory, db_name, **{"num_workers": 2, **extra})
 
 
-def squeue_workers(group: str, client: MongoClient, tracking_db: str) -> list[str]:
-    """The group's worker jobs SLURM still lists (queued or running)."""
-    ids = [d["job_id"] for d in job_docs(client, tracking_db) if d.get("worker_group") == group]
+def squeue_workers(
+    group: str | None, client: MongoClient, tracking_db: str, states: str | None = None
+) -> list[str]:
+    """The worker jobs (of `group`, or of any) SLURM still lists (queued or running), or
+    lists in `states`."""
+    ids = [d["job_id"] for d in job_docs(client, tracking_db)
+           if d.get("worker_group") and group in (None, d["worker_group"])]  # fmt: skip
     if not ids:
         return []
-    out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)],
+    only = ["-t", states] if states else []
+    out = subprocess.run(["squeue", "-h", *only, "-o", "%i", "-j", ",".join(ids)],
                          capture_output=True, text=True)  # fmt: skip
     return out.stdout.split()
 
@@ -201,16 +206,6 @@ def test_a_block_failing_on_every_try_fails_the_step_naming_it(
     assert not squeue_workers(workers[0]["worker_group"], mongo_client, tracking_db)
 
 
-def running_workers(client: MongoClient, tracking_db: str) -> list[str]:
-    """The job ids of the worker jobs SLURM lists as running."""
-    ids = [d["job_id"] for d in job_docs(client, tracking_db) if d.get("worker_group")]
-    if not ids:
-        return []
-    out = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i", "-j", ",".join(ids)],
-                         capture_output=True, text=True)  # fmt: skip
-    return out.stdout.split()
-
-
 def test_killed_worker_jobs_are_replaced_and_their_blocks_retried(
     tmp_path: Path, db_name: str, tracking_db: str, mongo_client: MongoClient, affinities: Path,
     connecto,
@@ -223,7 +218,7 @@ def test_killed_worker_jobs_are_replaced_and_their_blocks_retried(
     try:
         wait_until(lambda: len(blocks_done(mongo_client, db_name, "neuroproof_gt")) >= 2, 120,
                    "the remote workers to finish some blocks")  # fmt: skip
-        victims = wait_until(lambda: (ids := running_workers(mongo_client, tracking_db))
+        victims = wait_until(lambda: (ids := squeue_workers(None, mongo_client, tracking_db, "R"))
                              and len(ids) == 2 and ids, 60, "both worker jobs to run")  # fmt: skip
         # Both die: with no worker left, the run finishes only if daisy's slots submit
         # replacement jobs (killing one would race its replacement against the survivor).
