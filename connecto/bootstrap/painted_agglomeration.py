@@ -14,9 +14,9 @@ remain, so the filter still runs after.
 
 It is an option (`[rounds] source`), not the default. On NeuroProof (`make bench
 BENCH=sparse`) it kept 47 % and 53 % of the train slab where the segmentation kept 17 % and
-6 %, but the kept segments were more split (VOI split 2.5 and 3.1 over the kept voxels). In
-one run each, the round trained on it did better on disks and failed to learn on sections
-(see the README).
+6 %, but the kept segments were more split (VOI split 2.5 and 3.1 over the kept voxels). The
+round trained on it did better on disks; on sections it failed to learn in one run and gave
+the best sparse figure in the next (see the README).
 """
 
 from __future__ import annotations
