@@ -218,8 +218,12 @@ def test_killed_worker_jobs_are_replaced_and_their_blocks_retried(
     try:
         wait_until(lambda: len(blocks_done(mongo_client, db_name, "neuroproof_gt")) >= 2, 120,
                    "the remote workers to finish some blocks")  # fmt: skip
-        victims = wait_until(lambda: (ids := squeue_workers(None, mongo_client, tracking_db, "R"))
-                             and len(ids) == 2 and ids, 60, "both worker jobs to run")  # fmt: skip
+
+        def both_running() -> list[str] | None:
+            running = squeue_workers(None, mongo_client, tracking_db, states="R")
+            return running if len(running) == 2 else None
+
+        victims = wait_until(both_running, 60, "both worker jobs to run")
         # Both die: with no worker left, the run finishes only if daisy's slots submit
         # replacement jobs (killing one would race its replacement against the survivor).
         for job_id in victims:
